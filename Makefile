@@ -1,0 +1,27 @@
+# The two commands a new machine needs: `make demo` and `make test`.
+# Both create .venv and install lineguard into it with pip on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= cpu,export,dev
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/lineguard demo
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -rs
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.expert_speed
+
+clean:
+	rm -rf $(VENV) lineguard-demo .pytest_cache .ruff_cache

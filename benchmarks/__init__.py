@@ -1,0 +1,1 @@
+"""lineguard benchmarks, generated data and the demo."""

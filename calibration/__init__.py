@@ -1,0 +1,1 @@
+"""lineguard calibration: thresholds, score normalisation, INT8 tables and evaluation metrics."""

@@ -1,0 +1,1 @@
+"""lineguard export: trained checkpoints → ONNX bundles (needs the [export] extra: torch, onnx, ...)."""

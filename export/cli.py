@@ -1,0 +1,29 @@
+"""Handlers for `lineguard export ...` (imported only when the export extra is installed)."""
+
+from __future__ import annotations
+
+import argparse
+
+from runtime.errors import LineguardError
+
+from .expert import export_patchcore
+from .onnx_import import import_onnx_expert
+from .patchcore.fit import PatchCoreConfig
+
+
+def run_export(a: argparse.Namespace) -> int:
+    if a.what != "expert":
+        raise LineguardError(f"export {a.what}: not available yet")
+    if a.kind == "patchcore":
+        if not a.train:
+            raise LineguardError("--kind patchcore needs --train DIR (a folder of normal images)")
+        cfg = PatchCoreConfig(backbone=a.backbone, weights=a.weights, size=a.size, coreset=a.coreset,
+                              max_bank_mb=a.max_bank_mb, score_mode=a.score, seed=a.seed)
+        out = export_patchcore(a.train, a.out, cfg, a.product, a.force)
+    else:
+        if not a.model:
+            raise LineguardError("--kind onnx needs --model FILE")
+        out = import_onnx_expert(a.model, a.out, a.product, a.map_output, a.score_output, a.input_size,
+                                 a.color, a.mean, a.std, a.force)
+    print(f"wrote {out}")
+    return 0

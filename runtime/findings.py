@@ -1,0 +1,94 @@
+"""What an anomaly map says in words a person and a language model can use.
+
+Regions come from the map by a level (the calibrated pixel threshold, or half-way from the
+map's median to its peak before calibration); each region gets a box in frame pixels, its
+area, and EIAD's rough-localisation cell on a 3×3 grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+GRID = (
+    ("top-left", "top-center", "top-right"),
+    ("middle-left", "center", "middle-right"),
+    ("bottom-left", "bottom-center", "bottom-right"),
+)
+CELLS = tuple(name for row in GRID for name in row)
+
+
+def grid_cell(mask: np.ndarray) -> str:
+    """The 3×3 cell holding the largest share of ``mask`` (ties: the first in reading order)."""
+    h, w = mask.shape
+    ys = np.minimum(np.arange(h) * 3 // h, 2)
+    xs = np.minimum(np.arange(w) * 3 // w, 2)
+    m = mask > 0
+    counts = np.array([[m[ys == r][:, xs == c].sum() for c in range(3)] for r in range(3)])
+    r, c = np.unravel_index(int(np.argmax(counts)), (3, 3))
+    return GRID[r][c]
+
+
+@dataclass
+class Region:
+    box: list[int]  # x0, y0, x1, y1 in frame pixels (x1, y1 exclusive)
+    area_px: int  # in frame pixels
+    area_frac: float
+    centroid: list[float]  # x, y in frame pixels
+    cell: str
+    peak: float
+    mean: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def map_stats(amap: np.ndarray) -> dict[str, float]:
+    return {
+        "min": float(amap.min()),
+        "max": float(amap.max()),
+        "mean": float(amap.mean()),
+        "p99": float(np.percentile(amap, 99)),
+    }
+
+
+def default_level(amap: np.ndarray, pixel_threshold: float | None) -> float:
+    if pixel_threshold is not None:
+        return float(pixel_threshold)
+    med, peak = float(np.median(amap)), float(amap.max())
+    return med + 0.5 * (peak - med)
+
+
+def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: int = 5) -> list[Region]:
+    """Connected regions of ``amap >= level``, hottest first, measured in frame pixels."""
+    fh, fw = frame_hw
+    mh, mw = amap.shape
+    mask = (amap >= level).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sx, sy = fw / mw, fh / mh
+    out = []
+    for lab in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[lab])
+        sel = labels == lab
+        vals = amap[sel]
+        yy, xx = np.nonzero(sel)
+        out.append(Region(
+            box=[int(np.floor(x * sx)), int(np.floor(y * sy)), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))],
+            area_px=int(round(area * sx * sy)),
+            area_frac=float(area / (mh * mw)),
+            centroid=[float((xx.mean() + 0.5) * sx), float((yy.mean() + 0.5) * sy)],
+            cell=grid_cell(sel),
+            peak=float(vals.max()),
+            mean=float(vals.mean()),
+        ))
+    out.sort(key=lambda r: -r.peak)
+    return out[:top_k]
+
+
+def hottest_region(amap: np.ndarray, frame_hw: tuple[int, int], pixel_threshold: float | None = None) -> Region:
+    """The region around the map's peak (there is always one: the peak itself passes the level)."""
+    level = min(default_level(amap, pixel_threshold), float(amap.max()))
+    return regions(amap, frame_hw, level, top_k=1)[0]

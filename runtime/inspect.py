@@ -1,0 +1,100 @@
+"""`lineguard inspect`: one-shot inspection of image files with a bundle's expert."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from .bundle import Bundle
+from .engine import EngineOptions
+from .errors import LineguardError
+from .expert import Expert
+from .findings import hottest_region, map_stats
+from .imageio import list_images, read_image
+from .overlay import heat_overlay
+
+log = logging.getLogger("lineguard.inspect")
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expand to the images anywhere below them."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list_images(p, recursive=True)
+            if not found:
+                raise LineguardError(f"{p}: no image files in this folder")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Path | None = None,
+                  precision: str = "fp32", opts: EngineOptions | None = None,
+                  batch: int = 8) -> list[dict[str, Any]]:
+    """Inspect each file; unreadable ones get ``{"path", "error"}`` and the rest go on."""
+    expert = Expert(bundle, precision, opts)
+    pixel_t = bundle.thresholds.get("pixel")
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    files = expand_paths(paths)
+    results: list[dict[str, Any]] = []
+    for i in range(0, len(files), batch):
+        chunk, frames = [], []
+        for p in files[i : i + batch]:
+            try:
+                frames.append(read_image(p))
+                chunk.append(p)
+            except LineguardError as e:
+                log.error("%s", e)
+                results.append({"path": str(p), "error": str(e)})
+        for p, frame, r in zip(chunk, frames, expert(frames) if frames else []):
+            region = hottest_region(r.anomaly_map, frame.shape[:2], pixel_t)
+            res: dict[str, Any] = {
+                "path": str(p),
+                "size": [int(frame.shape[1]), int(frame.shape[0])],
+                "score": r.score,
+                "score_norm": r.score_norm,
+                "verdict": r.verdict,
+                "map": map_stats(r.anomaly_map),
+                "hottest": region.to_dict(),
+            }
+            if out:
+                vmin, vmax = (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)
+                dst = out / f"{p.stem}_overlay.png"
+                n = 1
+                while any(x.get("overlay") == str(dst) for x in results):  # same stem from two folders
+                    dst, n = out / f"{p.stem}_{n}_overlay.png", n + 1
+                cv2.imwrite(str(dst), heat_overlay(frame, r.anomaly_map, vmin, vmax, [region.box]))
+                res["overlay"] = str(dst)
+            results.append(res)
+    results.sort(key=lambda r: files.index(Path(r["path"])))
+    return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A readable table: one line per image, paths shown below their common folder."""
+    rows = [("image", "score", "norm", "verdict", "hottest box (x0,y0,x1,y1)", "cell")]
+    parents = [str(Path(r["path"]).resolve().parent) for r in results]
+    common = Path(os.path.commonpath(parents)) if parents else Path()
+
+    def name(r: dict[str, Any]) -> str:
+        return str(Path(r["path"]).resolve().relative_to(common))
+
+    for r in results:
+        if "error" in r:
+            rows.append((name(r), "-", "-", "ERROR", r["error"].removeprefix(f"{r['path']}: "), ""))
+            continue
+        norm = "-" if r["score_norm"] is None else f"{r['score_norm']:.3f}"
+        rows.append((name(r), f"{r['score']:.4g}", norm, r["verdict"] or "uncalibrated",
+                     ",".join(map(str, r["hottest"]["box"])), r["hottest"]["cell"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+

@@ -1,0 +1,45 @@
+"""Shared fixtures: generated parts with known defects, and a small PatchCore bundle built from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks.synth import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 128
+
+
+def mtd_root() -> Path | None:
+    """The Magnetic Tile Defect dataset: $LINEGUARD_MTD, else ../shared/data/mtd beside the checkout."""
+    for cand in (os.environ.get("LINEGUARD_MTD"), REPO.parent / "shared" / "data" / "mtd"):
+        if cand and (Path(cand) / "magnetic_tile" / "train" / "good").is_dir():
+            return Path(cand) / "magnetic_tile"
+    return None
+
+
+@pytest.fixture(scope="session")
+def mtd() -> Path:
+    root = mtd_root()
+    if root is None:
+        pytest.skip("Magnetic Tile Defect dataset not found: set LINEGUARD_MTD to its folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MVTec-layout generated parts: 16 train/good, 4 test/good, 2 blobs + 2 scratches with masks."""
+    return make_dataset(tmp_path_factory.mktemp("synth"), "tile", n_train=16, n_good=4, n_defect=4, size=SIZE, seed=3)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    from export.expert import export_patchcore
+    from export.patchcore.fit import PatchCoreConfig
+
+    out = tmp_path_factory.mktemp("bundles") / "tile"
+    return export_patchcore(synth, out, PatchCoreConfig(size=SIZE, coreset=0.25, seed=0), progress=False)
