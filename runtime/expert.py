@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class Expert:
         self.precision = precision
         stage = bundle.stage("expert")
         self.spec = bundle.input_spec("expert")
+        opts = opts or EngineOptions()
+        if opts.trt_cache_dir is None:  # TensorRT engines are cached beside the graphs they were built from
+            opts = replace(opts, trt_cache_dir=str(bundle.root / "engines" / "trt"))
         self.engine = Engine(bundle.variant_path("expert", precision), opts)
         roles = stage.get("roles", {})
         self.map_name = roles.get("anomaly_map") or "anomaly_map"

@@ -74,15 +74,18 @@ def test_reweighted_score_matches_the_paper_formula():
         assert float(got[n]) == pytest.approx(float(weight * patch[n, p]), rel=1e-4)
 
 
-def test_greedy_coreset_is_farthest_point_selection():
-    x = torch.randn(300, 16)
-    got = greedy_coreset(x, 20, proj_dim=64, seed=0, progress=False)  # dim 16 < 64: no projection
+@pytest.mark.parametrize("n, k, dim", [(300, 20, 16), (3000, 150, 8)])
+def test_greedy_coreset_is_farthest_point_selection(n, k, dim):
+    # clustered points, so the triangle-inequality pruning really skips work
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, dim, generator=g) + 5 * torch.randn(10, dim, generator=g).repeat(n // 10, 1)
+    got = greedy_coreset(x, k, proj_dim=64, seed=0, progress=False)  # dim < 64: no projection
     # brute force: start where the function starts, then repeatedly take the farthest point
     sel = [int(got[0])]
-    for _ in range(19):
+    for _ in range(k - 1):
         sel.append(int(torch.cdist(x, x[sel]).min(1).values.argmax()))
     assert got.tolist() == sel
-    assert len(set(sel)) == 20
+    assert len(set(sel)) == k
 
 
 def test_bank_is_capped_by_bytes(synth):
@@ -129,3 +132,30 @@ def test_wrong_or_broken_weights_are_refused(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(LineguardError, match=r"list\.pth: not a state dict"):
         load_backbone("resnet18", tmp_path / "list.pth")
+
+
+def test_wide_resnet_backbone_exports_with_parity(synth, tmp_path):
+    from export.expert import export_patchcore
+
+    b = Bundle.load(export_patchcore(synth, tmp_path / "w", PatchCoreConfig(backbone="wide_resnet50_2", size=64,
+                                                                             coreset=0.2), progress=False))
+    opts = b.stage("expert")["options"]
+    assert opts["backbone"] == "wide_resnet50_2" and opts["bank_dim"] == 512 + 1024
+    assert b.stage("expert")["variants"]["fp32"]["parity"]["map_pearson"] > 0.999
+
+
+def test_parity_measure_catches_a_wrong_graph():
+    from export.parity import map_parity
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((2, 1, 16, 16)).astype(np.float32)
+
+    def ref(x):
+        return maps, maps.reshape(2, -1).max(1)
+
+    def flipped(x):  # the kind of bug a wrong layout makes: right values, wrong places
+        return maps[..., ::-1], maps.reshape(2, -1).max(1)
+
+    p = map_parity(ref, flipped, {"random": np.zeros((2, 16, 16, 3), np.uint8)})
+    assert p["map_pearson"] < 0.5 and p["map_max_abs_err"] > 0.5
+    assert map_parity(ref, ref, {"random": np.zeros(2)})["map_pearson"] == 1.0

@@ -67,9 +67,10 @@ class PatchCore(nn.Module):
 
     def set_bank(self, bank: torch.Tensor) -> None:
         bank = bank.float().contiguous()
-        # Stored transposed with squared norms precomputed: the graph is then one MatMul per chunk.
+        # Stored as -2·bankᵀ with squared norms alongside: each chunk's distances are then one
+        # Gemm with a bias (‖b‖² − 2e·b), and ‖e‖² is added after the min, to P values not P×M.
         self.register_buffer("bank", bank)
-        self.register_buffer("bank_t", bank.t().contiguous())
+        self.register_buffer("bank_tm2", (-2.0 * bank).t().contiguous())
         self.register_buffer("bank_sq", (bank * bank).sum(1))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,22 +82,28 @@ class PatchCore(nn.Module):
         return torch.cat([f2, f3], dim=1)
 
     def nearest(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared distance to, and index of, each row's nearest bank entry; bank in chunks."""
-        e_sq = (e * e).sum(-1, keepdim=True)
+        """Squared distance to, and index of, each row's nearest bank entry; bank in chunks.
+
+        ``e`` is ``[N, P, C]``; returns ``[N, P]`` each.
+        """
+        n, p, c = e.shape
+        flat = e.reshape(n * p, c)
         best_d, best_i = None, None
-        m = self.bank_t.shape[1]
+        m = self.bank_tm2.shape[1]
         for start in range(0, m, self.chunk):  # unrolled at export: bounded peak memory per chunk
             stop = min(start + self.chunk, m)
-            d = e_sq - 2.0 * (e @ self.bank_t[:, start:stop]) + self.bank_sq[start:stop]
-            dmin, imin = d.min(dim=-1)
-            imin = imin + start
+            d = torch.addmm(self.bank_sq[start:stop], flat, self.bank_tm2[:, start:stop])
+            imin = d.argmin(dim=-1, keepdim=True)  # one pass over the matrix, then a gather
+            dmin = d.gather(-1, imin).squeeze(-1)
+            imin = imin.squeeze(-1) + start
             if best_d is None:
                 best_d, best_i = dmin, imin
             else:
                 closer = dmin < best_d
                 best_d = torch.where(closer, dmin, best_d)
                 best_i = torch.where(closer, imin, best_i)
-        return best_d.clamp_min(0.0), best_i
+        d2 = (best_d + (flat * flat).sum(-1)).clamp_min(0.0)
+        return d2.reshape(n, p), best_i.reshape(n, p)
 
     def image_score(self, e: torch.Tensor, patch: torch.Tensor, nn_idx: torch.Tensor) -> torch.Tensor:
         """Max patch score, or PatchCore's reweighting of it by how isolated its neighbour is."""
@@ -107,7 +114,7 @@ class PatchCore(nn.Module):
         rows = torch.arange(e.shape[0])
         m_test = e[rows, p]  # [N, C] the most anomalous patch
         m_star = self.bank[nn_idx[rows, p]]  # [N, C] its nearest bank entry
-        d_star = (m_star * m_star).sum(-1, keepdim=True) - 2.0 * (m_star @ self.bank_t) + self.bank_sq
+        d_star = torch.addmm(self.bank_sq, m_star, self.bank_tm2)  # + ‖m*‖², which the ranking ignores
         _, support = torch.topk(d_star, k, dim=1, largest=False)  # m_star's own neighbourhood
         diff = m_test.unsqueeze(1) - self.bank[support]  # [N, k, C]
         dist = (diff * diff).sum(-1).clamp_min(0.0).sqrt()
