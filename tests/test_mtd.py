@@ -5,7 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 
-from benchmarks.mvtec import read_mask, test_samples  # noqa: E402
+from benchmarks.mvtec import read_mask  # noqa: E402
+from benchmarks.mvtec import test_samples as mvtec_samples  # noqa: E402  (alias: pytest would collect it)
 from export.expert import export_patchcore  # noqa: E402
 from export.patchcore.fit import PatchCoreConfig  # noqa: E402
 from runtime.bundle import Bundle  # noqa: E402
@@ -29,7 +30,7 @@ def test_export_parity_on_real_grayscale_photos(mtd_bundle):
 
 
 def test_real_non_square_gray_frames_run_and_map_back(mtd, mtd_bundle):
-    samples = [s for s in test_samples(mtd) if s.defect != "good"][:6]
+    samples = [s for s in mvtec_samples(mtd) if s.defect != "good"][:6]
     frames = [read_image(s.path) for s in samples]
     assert all(f.ndim == 2 for f in frames)  # the dataset is 8-bit grayscale
     for s, f, r in zip(samples, frames, Expert(mtd_bundle)(frames)):
