@@ -17,14 +17,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from calibration.dataset import read_mask, test_samples
 from calibration.metrics import auroc
 from export.expert import export_patchcore
 from export.patchcore.fit import PatchCoreConfig
 from runtime.bundle import Bundle
 from runtime.expert import Expert
 from runtime.imageio import read_image
-
-from .mvtec import read_mask, test_samples
 
 
 def evaluate(bundle: Bundle, category: Path, pixel_stride: int = 2) -> dict:

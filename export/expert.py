@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings as pywarnings  # a parameter below is called `warnings`
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,8 @@ def export_patchcore(train: str | Path, out: str | Path, cfg: PatchCoreConfig, p
     _check_target(out, force)
     files, guessed = training_images(train)
     images = [read_image(p) for p in files]
-    import warnings as _w
-
-    with _w.catch_warnings(record=True) as caught:
-        _w.simplefilter("always")
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
         model, record = fit_patchcore(images, cfg, progress=progress)
     warns = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     for w in warns:

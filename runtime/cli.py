@@ -11,8 +11,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
+from .engine import EngineOptions
 from .errors import LineguardError
 
 
@@ -86,6 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("bundle")
     n.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
+    c = sub.add_parser("calibrate", help="thresholds and score normalisation into a bundle (with a report)")
+    c.add_argument("bundle")
+    c.add_argument("--normal", help="folder of normal images (or an MVTec category: its train/good)")
+    c.add_argument("--dataset", help="MVTec-layout category with defect images and masks (for the f1 rule)")
+    c.add_argument("--rule", default="auto", choices=["auto", "myriad", "f1", "manual"],
+                   help="auto: manual if --threshold, f1 if --dataset, else myriad (k-fold max normal score)")
+    c.add_argument("--threshold", type=float, help="image threshold on the raw score (rule manual)")
+    c.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the defect region")
+    c.add_argument("--folds", type=int, default=3, help="k for the myriad rule")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--report", help="also write calibration.json/.png here")
+
+    q = sub.add_parser("quantize", help="INT8/FP16/TensorRT variants of the expert, each through an accuracy gate")
+    q.add_argument("bundle")
+    q.add_argument("--normal", required=True, help="normal images for calibration (folder or MVTec category)")
+    q.add_argument("--dataset", help="MVTec-layout category to gate on (else: held-out normal images)")
+    q.add_argument("--precision", default="int8,fp16,trt", help="comma list of int8, fp16, trt")
+    q.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                   help="how int8 activation ranges are calibrated")
+    q.add_argument("--activations", default="uint8", choices=["uint8", "int8"],
+                   help="uint8 runs fastest on x86 CPUs (VNNI); int8 for symmetric targets")
+    q.add_argument("--max-drop", type=float, default=0.5, help="largest allowed AUROC drop in points")
+    q.add_argument("--calib-images", type=_positive(int), default=32)
+    q.add_argument("--no-tail", action="store_true", help="never quantize the memory-bank tail")
+    q.add_argument("--every", type=_positive(int), default=1, help="gate on every n-th test image only")
+
+    v = sub.add_parser("evaluate", help="metrics of each variant on an MVTec-layout category")
+    v.add_argument("bundle")
+    v.add_argument("--dataset", required=True, help="MVTec-layout category folder")
+    v.add_argument("--precisions", help="comma list (default: every CPU variant in the bundle)")
+    v.add_argument("--every", type=_positive(int), default=1, help="every n-th test image only")
+    v.add_argument("--json", help="write the results here as JSON")
+    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    v.add_argument("--threads", type=int, default=0)
+
     d = sub.add_parser("demo", help="build a demo bundle on generated parts and inspect some (no downloads)")
     d.add_argument("--out", default="lineguard-demo", help="folder for the generated data, bundle and overlays")
     d.add_argument("--seed", type=int, default=0)
@@ -103,7 +140,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_inspect(a: argparse.Namespace) -> int:
     from .bundle import Bundle
-    from .engine import EngineOptions
     from .inspect import format_table, inspect_files
 
     bundle = Bundle.load(a.bundle)
@@ -131,11 +167,68 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(f"stage    {name}: {st['kind']} {size}  variants: {', '.join(st['variants'])}")
         for prec, v in st["variants"].items():
             par = v.get("parity", {})
-            if "map_pearson" in par:
-                print(f"         {prec}: map Pearson {par['map_pearson']:.6f}, max |err| {par['map_max_abs_err']:.3g}")
+            if "image_auroc_drop_points" in par:
+                print(f"         {prec}: image AUROC {par['image_auroc']:.4f} ({-par['image_auroc_drop_points']:+.2f} "
+                      f"points vs fp32), map Pearson {par['map_pearson']:.4f}, {par.get('speedup')}x fp32 frames/s")
+            elif "map_pearson" in par:
+                err = par.get("map_max_abs_err", par.get("map_max_abs_err_rel"))
+                print(f"         {prec}: map Pearson {par['map_pearson']:.6f}, max |err| {err:.3g}")
+            elif "trt_options" in v:
+                print(f"         {prec}: TensorRT EP options {v['trt_options']}")
+        for prec, r in st.get("rejected", {}).items():
+            print(f"         {prec}: rejected by the gate ({r['reason']})")
         for w in st.get("warnings", []):
             print(f"warning  {w}")
     print(f"thresholds    {b.thresholds or 'none (not calibrated)'}")
+    return 0
+
+
+def _calibration() -> None:
+    try:
+        import matplotlib  # noqa: F401  (calibration runs on the workstation, with the export extra)
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise LineguardError(f"this command needs the export extra ({e.name} is missing): "
+                             "pip install 'lineguard[export]'") from None
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    _calibration()
+    from calibration.calibrate import calibrate, describe
+
+    if not a.normal and not a.dataset and a.threshold is None:
+        raise LineguardError("give --normal DIR, --dataset ROOT or --threshold T")
+    rep = calibrate(a.bundle, a.normal, a.dataset, a.rule, a.threshold, a.pixel_threshold, a.folds, a.seed,
+                    a.report)
+    print(describe(rep))
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    _calibration()
+    from calibration.quantize import QuantConfig
+    from calibration.variants import build_variants, describe
+
+    cfg = QuantConfig(method=a.method, activations=a.activations, quantize_tail=not a.no_tail)
+    precisions = tuple(p.strip() for p in a.precision.split(",") if p.strip())
+    summary = build_variants(a.bundle, a.normal, a.dataset, precisions, cfg, a.max_drop, a.calib_images, a.every)
+    print(describe(summary))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    _calibration()
+    from calibration.evaluate import describe, evaluate_all
+
+    results = evaluate_all(a.bundle, a.dataset, a.precisions, a.every, EngineOptions(device=a.device, threads=a.threads))
+    print(describe(results))
+    if a.json:
+        from calibration.report import plot_variants
+
+        out = Path(a.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        plot_variants(results, out.with_suffix(".png"))
     return 0
 
 
@@ -145,7 +238,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a.out, a.seed)
 
 
-COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "info": cmd_info, "calibrate": cmd_calibrate,
+            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

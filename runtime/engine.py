@@ -141,3 +141,8 @@ def gpu_available() -> bool:
     """True where this onnxruntime can really run CUDA (a session on CUDA comes up on CUDA)."""
     ort = _ort()
     return "CUDAExecutionProvider" in ort.get_available_providers() and bool(ort.get_device() == "GPU")
+
+
+def tensorrt_available() -> bool:
+    """True where the TensorRT EP is built in and a GPU is present."""
+    return "TensorrtExecutionProvider" in _ort().get_available_providers() and gpu_available()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from .bundle import Bundle
-from .engine import Engine, EngineOptions
-from .errors import BundleError
+from .engine import Engine, EngineOptions, tensorrt_available
+from .errors import BundleError, LineguardError
 from .preprocess import to_batch
 from .scoring import normalize, verdict
 
@@ -25,15 +26,25 @@ class ExpertResult:
 class Expert:
     """Runs a bundle's expert. Frames of any size and channel count; batches up to ``max_batch``."""
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32", opts: EngineOptions | None = None) -> None:
+    def __init__(self, bundle: Bundle, precision: str = "fp32", opts: EngineOptions | None = None,
+                 graph: str | Path | None = None) -> None:
+        """``graph`` runs another file than the variant's (a candidate that calibration is gating)."""
         self.bundle = bundle
         self.precision = precision
         stage = bundle.stage("expert")
         self.spec = bundle.input_spec("expert")
         opts = opts or EngineOptions()
+        if graph is None and precision == "trt":  # TensorRT builds its own int8/fp16 engine from the fp32 graph
+            if not tensorrt_available():
+                raise LineguardError("precision trt needs onnxruntime-gpu with TensorRT and a GPU; "
+                                     "this machine has neither (run fp32/int8 here)")
+            trt = stage["variants"]["trt"].get("trt_options", {})
+            opts = replace(opts, trt_int8=bool(trt.get("int8", False)), trt_fp16=bool(trt.get("fp16", True)),
+                           trt_calibration_table=trt.get("calibration_table_name"),
+                           trt_cache_dir=str(bundle.root / trt.get("cache_dir", "engines/trt")))
         if opts.trt_cache_dir is None:  # TensorRT engines are cached beside the graphs they were built from
             opts = replace(opts, trt_cache_dir=str(bundle.root / "engines" / "trt"))
-        self.engine = Engine(bundle.variant_path("expert", precision), opts)
+        self.engine = Engine(graph or bundle.variant_path("expert", precision), opts)
         roles = stage.get("roles", {})
         self.map_name = roles.get("anomaly_map") or "anomaly_map"
         self.score_name = roles.get("score")

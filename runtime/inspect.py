@@ -46,6 +46,7 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
         out.mkdir(parents=True, exist_ok=True)
     files = expand_paths(paths)
     results: list[dict[str, Any]] = []
+    used: set[Path] = set()  # overlay names taken, so same stems from two folders do not overwrite
     for i in range(0, len(files), batch):
         chunk, frames = [], []
         for p in files[i : i + batch]:
@@ -70,12 +71,14 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
                 vmin, vmax = (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)
                 dst = out / f"{p.stem}_overlay.png"
                 n = 1
-                while any(x.get("overlay") == str(dst) for x in results):  # same stem from two folders
+                while dst in used:
                     dst, n = out / f"{p.stem}_{n}_overlay.png", n + 1
+                used.add(dst)
                 cv2.imwrite(str(dst), heat_overlay(frame, r.anomaly_map, vmin, vmax, [region.box]))
                 res["overlay"] = str(dst)
             results.append(res)
-    results.sort(key=lambda r: files.index(Path(r["path"])))
+    order = {str(p): i for i, p in enumerate(files)}  # unreadable files were appended first in a chunk
+    results.sort(key=lambda r: order[r["path"]])
     return results
 
 

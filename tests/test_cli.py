@@ -2,18 +2,12 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
-
-def lg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+from helpers import lg
 
 
 def test_inspect_json_is_the_only_stdout_and_bad_files_do_not_stop_the_rest(bundle_dir, synth, tmp_path):

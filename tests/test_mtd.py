@@ -1,12 +1,15 @@
 """Real photos: the Magnetic Tile Defect dataset, where it is present (LINEGUARD_MTD or ../shared/data/mtd)."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 
-from benchmarks.mvtec import read_mask  # noqa: E402
-from benchmarks.mvtec import test_samples as mvtec_samples  # noqa: E402  (alias: pytest would collect it)
+from calibration.dataset import read_mask  # noqa: E402
+from calibration.dataset import test_samples as mvtec_samples  # noqa: E402  (alias: pytest would collect it)
 from export.expert import export_patchcore  # noqa: E402
 from export.patchcore.fit import PatchCoreConfig  # noqa: E402
 from runtime.bundle import Bundle  # noqa: E402
@@ -39,3 +42,21 @@ def test_real_non_square_gray_frames_run_and_map_back(mtd, mtd_bundle):
         x0, y0, x1, y1 = region.box
         assert 0 <= x0 < x1 <= f.shape[1] and 0 <= y0 < y1 <= f.shape[0]
         assert read_mask(s, f.shape[:2]).any()
+
+
+def test_int8_on_real_photos_tracks_fp32_and_the_gate_decides(mtd, mtd_bundle, tmp_path):
+    from calibration.variants import build_variants
+
+    train = tmp_path / "normal"
+    train.mkdir()
+    for p in list_images(mtd / "train" / "good")[24:56]:  # normal frames the bundle was not fitted on
+        (train / p.name).symlink_to(p)
+    b = Path(shutil.copytree(mtd_bundle.root, tmp_path / "bundle"))
+    summary = build_variants(b, str(train), str(mtd), ("int8",), calib_images=16, val_every=6, progress=False)
+    first = summary["int8"]["tries"][0]["gate"]
+    assert first["map_pearson"] > 0.95 and first["score_pearson"] > 0.95
+    written = Bundle.load(b).stage("expert")
+    for t in summary["int8"]["tries"]:
+        g = t["gate"]
+        assert g["passed"] == (g["image_auroc_drop_points"] <= 0.5 and g["pixel_auroc_drop_points"] <= 0.5)
+    assert ("int8" in written["variants"]) == summary["int8"]["written"]

@@ -70,3 +70,18 @@ def test_unusable_models_are_refused_with_the_file_named(tmp_path):
     with pytest.raises(LineguardError, match="has no output 'heatmap'"):
         import_onnx_expert(tmp_path / "f.onnx", tmp_path / "b3", map_output="heatmap")
     assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
+
+
+def test_imported_expert_calibrates_by_its_own_normal_maximum(tmp_path, synth):
+    from calibration.calibrate import calibrate
+    from calibration.dataset import normal_images, read_frames
+    from calibration.evaluate import score_frames
+
+    _export_foreign(tmp_path / "foreign.onnx")
+    out = import_onnx_expert(tmp_path / "foreign.onnx", tmp_path / "b", mean=MEAN, std=STD)
+    rep = calibrate(out, normal=str(synth), progress=False)
+    t = rep["thresholds"]
+    assert t["rule"] == "myriad" and t["folds"] is None and "not refitted" in t["note"]
+    b = Bundle.load(out)
+    scores = score_frames(Expert(b), read_frames(normal_images(synth), progress=False), progress=False).scores
+    assert b.thresholds["image"] == pytest.approx(scores.max())

@@ -1,0 +1,40 @@
+"""TensorRT INT8: the calibration table the TensorRT EP reads, written from real frames.
+
+TensorRT quantizes the fp32 graph itself (symmetric int8 per tensor) from per-tensor ranges.
+ONNX Runtime's calibrator collects those ranges here, on the CPU, so a GPU station never
+has to calibrate; the TensorRT EP reads ``calibration.flatbuffers`` from its engine cache
+folder (``trt_int8_calibration_table_name``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationMethod, create_calibrator, write_calibration_table
+
+from runtime.manifest import InputSpec
+
+from .quantize import FrameReader
+
+TABLE = "calibration.flatbuffers"
+FILES = (TABLE, "calibration.cache", "calibration.json")
+
+
+def write_trt_table(fp32_graph: str | Path, frames: Sequence[np.ndarray], spec: InputSpec,
+                    out_dir: str | Path) -> dict[str, Any]:
+    """Collect min/max of every tensor over ``frames`` and write the three table files to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cal = create_calibrator(str(fp32_graph), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                calibrate_method=CalibrationMethod.MinMax, providers=["CPUExecutionProvider"])
+        cal.collect_data(FrameReader(frames, spec))
+        ranges = cal.compute_data()
+    table = {name: ranges[name] for name in ranges.data}
+    write_calibration_table(table, dir=str(out))
+    return {"tensors": len(table), "calibration_frames": len(frames), "method": "minmax",
+            "calibration_table_name": TABLE, "int8": True, "fp16": True}
