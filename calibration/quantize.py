@@ -71,15 +71,15 @@ class FrameReader(CalibrationDataReader):
 
 
 def tail_nodes(model: onnx.ModelProto) -> list[str]:
-    """The first Gemm/MatMul node (graphs are stored in topological order) and all its descendants."""
-    nodes = list(model.graph.node)
-    start = next((i for i, n in enumerate(nodes) if n.op_type in TAIL_OPS), None)
-    if start is None:
-        return []
-    tainted = set(nodes[start].output)
-    names = [nodes[start].name]
-    for n in nodes[start + 1 :]:
-        if any(i in tainted for i in n.input):
+    """Every Gemm/MatMul node and everything downstream of any of them (graphs are topologically sorted).
+
+    A chunked bank search has one product per chunk, siblings on the same features: each must
+    be in the tail, not only the first one and its descendants.
+    """
+    tainted: set[str] = set()
+    names = []
+    for n in model.graph.node:
+        if n.op_type in TAIL_OPS or any(i in tainted for i in n.input):
             tainted.update(n.output)
             names.append(n.name)
     return names

@@ -142,3 +142,17 @@ def test_native_tensorrt_engine_builds(bundle_dir, tmp_path):
     path = Bundle.load(bundle_dir).variant_path("expert", "fp32")
     out = build_engine(path, tmp_path / "e.engine", fp16=True, shapes={"image": ((1, 128, 128, 3),) * 3})
     assert out.stat().st_size > 0
+
+
+def test_tail_holds_every_chunk_of_a_chunked_bank_search():
+    from onnx import TensorProto, helper
+
+    f = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    nodes = [helper.make_node("Relu", ["x"], ["feat"], name="body"),
+             helper.make_node("MatMul", ["feat", "b0"], ["d0"], name="chunk0"),
+             helper.make_node("MatMul", ["feat", "b1"], ["d1"], name="chunk1"),  # a sibling, not a descendant
+             helper.make_node("Min", ["d0", "d1"], ["y"], name="min")]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [4, 2], [0.0] * 8) for n in ("b0", "b1")]
+    g = helper.make_model(helper.make_graph(nodes, "g", [f], [y], inits))
+    assert tail_nodes(g) == ["chunk0", "chunk1", "min"]
