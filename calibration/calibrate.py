@@ -58,7 +58,10 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
 
             with warnings.catch_warnings():  # the random-weights warning, once per fold, says nothing new
                 warnings.simplefilter("ignore", UserWarning)
-                t = myriad_kfold(normal_frames, patchcore_refit(bundle), folds, seed, progress)
+                try:
+                    t = myriad_kfold(normal_frames, patchcore_refit(bundle), folds, seed, progress)
+                except InputError as e:
+                    raise InputError(f"{normal}: {e}") from None
         else:  # an imported expert cannot be refitted: its own maximum over all normal images
             own = score_frames(expert, normal_frames, desc="score normal", progress=progress)
             t = {"rule": "myriad", "folds": None, "images": len(normal_frames), "image": float(own.scores.max()),
@@ -74,18 +77,21 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
         t = {"rule": "manual", "images": 0, "image": float(threshold)}
     if pixel_threshold is not None:
         t["pixel"] = float(pixel_threshold)
-    elif "pixel" not in t and rule == "manual":
-        t["pixel"] = float(threshold)  # map and image score share units for max-scored experts
+    elif "pixel" not in t and "pixel" in bundle.thresholds:  # a manual image threshold keeps the pixel one
+        t["pixel"] = float(bundle.thresholds["pixel"])
 
     normal_scores = np.asarray(t.pop("normal_scores", []), np.float64)
     if data is not None:
         normal_scores = np.r_[normal_scores, scored.scores[data.labels == 0]]
     defect_scores = scored.scores[data.labels == 1] if data is not None else np.empty(0)
+    old = bundle.normalization
     if not len(normal_scores) and not len(defect_scores):
-        if not normal_frames:
-            raise InputError("--rule manual needs --normal DIR or --dataset ROOT for the score normalisation")
-        normal_scores = score_frames(expert, normal_frames, desc="score normal", progress=progress).scores
-    all_scores = np.r_[normal_scores, defect_scores]
+        if normal_frames:
+            normal_scores = score_frames(expert, normal_frames, desc="score normal", progress=progress).scores
+        elif old.get("method") != "min_max":
+            raise InputError("a first calibration needs --normal DIR or --dataset ROOT for the score normalisation")
+    all_scores = np.r_[normal_scores, defect_scores] if len(normal_scores) + len(defect_scores) else \
+        np.array([old["min"], old["max"]], np.float64)  # a new manual threshold keeps the old score range
     norm = min_max(t["image"], all_scores)
 
     rep: dict[str, Any] = {
@@ -106,7 +112,8 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
                                "fpr": float(pred[~y].mean()) if (~y).any() else None,
                                "test_images": int(len(y))}
     with BundleWriter(bundle.root, base=bundle) as w:
-        js, png = report.write(w.path("calibration"), rep, normal_scores, defect_scores)
+        report.write(w.path("calibration/calibration.json"), w.path("calibration/calibration.png"), rep,
+                     normal_scores, defect_scores)
         w.add_file("calibration/calibration.json", "calibration report")
         w.add_file("calibration/calibration.png", "calibration plot")
         w.manifest["thresholds"] = {"image": t["image"], **({"pixel": t["pixel"]} if "pixel" in t else {})}
@@ -114,7 +121,8 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
         w.manifest["calibration"] = {k: v for k, v in t.items() if k not in ("image", "pixel")} | {
             "report": "calibration/calibration.json"}
     if report_dir:
-        report.write(Path(report_dir), rep, normal_scores, defect_scores)
+        report.write(Path(report_dir) / "calibration.json", Path(report_dir) / "calibration.png", rep,
+                     normal_scores, defect_scores)
     if len(normal_scores) and t["image"] < normal_scores.max() and rule != "myriad":
         log.warning("threshold %.4g is below the highest normal score %.4g: some good parts will be flagged",
                     t["image"], normal_scores.max())

@@ -15,20 +15,14 @@ import numpy as np
 
 from .dataset import Labelled
 from .evaluate import Scored, evaluate_scored
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float(np.allclose(a, b))
+from .metrics import pearson
 
 
 @dataclass
 class Gate:
     max_drop: float = 0.5  # AUROC points (0.5 = 0.005)
     min_pearson: float = 0.98  # normal-only: map agreement with fp32
+    min_score_pearson: float = 0.95  # normal-only: image-score agreement with fp32
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     def check(self, ref: Scored, cand: Scored, data: Labelled | None,
@@ -62,7 +56,10 @@ class Gate:
         else:
             if out["map_pearson"] < self.min_pearson:
                 failures.append(f"map Pearson {out['map_pearson']:.4f} < {self.min_pearson}")
-            out["basis"] = f"map Pearson ≥ {self.min_pearson} on {len(ref.scores)} normal images"
+            if out["score_pearson"] < self.min_score_pearson:
+                failures.append(f"score Pearson {out['score_pearson']:.4f} < {self.min_score_pearson}")
+            out["basis"] = (f"map Pearson ≥ {self.min_pearson} and score Pearson ≥ {self.min_score_pearson} "
+                            f"on {len(ref.scores)} normal images")
         out["passed"] = not failures
         out["reason"] = "; ".join(failures) or "within the gate"
         return out

@@ -244,3 +244,14 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, masks: Frames | None = None
         put(("aupro",), aupro, masks, maps, fpr_limit)
     out["undefined"] = undefined
     return out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays taken as flat vectors (agreement of a variant with its source)."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    if den == 0.0:  # both constant: they agree exactly or not at all
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float((a * b).sum() / den)

@@ -174,6 +174,7 @@ def quantize_int8(src: str | Path, dst: str | Path, frames: Sequence[np.ndarray]
     return {
         "method": cfg.method,
         "format": "QDQ",
+        "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(dst)).graph.node),
         "activations": cfg.activations,
         "weights": "int8 per-channel" if cfg.per_channel else "int8 per-tensor",
         "calibration_frames": len(frames),

@@ -26,12 +26,13 @@ def plot(path: Path, normal: np.ndarray, defect: np.ndarray, threshold: float, r
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if len(defect) else 1, figsize=(11 if len(defect) else 6, 4), squeeze=False)
+    both = len(normal) > 0 and len(defect) > 0
+    fig, axes = plt.subplots(1, 2 if both else 1, figsize=(11 if both else 6, 4), squeeze=False)
     ax = axes[0, 0]
-    lo = min(normal.min(), defect.min() if len(defect) else normal.min(), threshold)
-    hi = max(normal.max(), defect.max() if len(defect) else normal.max(), threshold)
-    bins = np.linspace(lo, hi, 40)
-    ax.hist(normal, bins=bins, alpha=0.6, label=f"normal ({len(normal)})", color="tab:green")
+    every = np.r_[normal, defect, threshold]
+    bins = np.linspace(every.min(), every.max() + 1e-9, 40)
+    if len(normal):
+        ax.hist(normal, bins=bins, alpha=0.6, label=f"normal ({len(normal)})", color="tab:green")
     if len(defect):
         ax.hist(defect, bins=bins, alpha=0.6, label=f"defect ({len(defect)})", color="tab:red")
     ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.4g} ({rule})")
@@ -39,7 +40,7 @@ def plot(path: Path, normal: np.ndarray, defect: np.ndarray, threshold: float, r
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    if len(defect):
+    if both:
         labels = np.r_[np.zeros(len(normal)), np.ones(len(defect))]
         fpr, tpr = roc_points(labels, np.r_[normal, defect])
         ax = axes[0, 1]
@@ -56,14 +57,12 @@ def plot(path: Path, normal: np.ndarray, defect: np.ndarray, threshold: float, r
     plt.close(fig)
 
 
-def write(folder: Path, report: dict[str, Any], normal: np.ndarray, defect: np.ndarray) -> tuple[Path, Path]:
-    """``calibration.json`` and ``calibration.png`` in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    js, png = folder / "calibration.json", folder / "calibration.png"
+def write(js: Path, png: Path, report: dict[str, Any], normal: np.ndarray, defect: np.ndarray) -> None:
+    """The report as JSON at ``js`` and its plot at ``png``."""
+    js.parent.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps(report, indent=2) + "\n")
     t = report["thresholds"]
     plot(png, normal, defect, t["image"], t["rule"], f"{report['product']}: image scores")
-    return js, png
 
 
 def plot_variants(results: dict[str, Any], path: Path) -> None:

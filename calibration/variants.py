@@ -23,13 +23,13 @@ from .dataset import Labelled, load_labelled, normal_images, read_frames
 from .evaluate import Scored, evaluate_scored, score_frames
 from .gate import Gate
 from .quantize import QuantConfig, convert_fp16, preprocess, quantize_int8
-from .sensitivity import node_sensitivity
+from .sensitivity import tensor_sensitivity
 from .tensorrt import FILES as TRT_FILES
 from .tensorrt import write_trt_table
 
 log = logging.getLogger("lineguard.quantize")
 PRECISIONS = ("int8", "fp16", "trt")
-RETRY_EXCLUDE = (4, 12)  # tensors kept fp32 in the successive sensitivity retries
+RETRY_EXCLUDE = (2, 6)  # most sensitive tensors kept fp32 in the successive retries
 
 
 def _spread(items: list[Any], n: int) -> list[Any]:
@@ -76,17 +76,22 @@ def build_variants(bundle_path: str | Path, normal: str, dataset: str | None = N
     spec = bundle.input_spec("expert")
     fp32 = bundle.variant_path("expert", "fp32")
     files = normal_images(normal)
-    calib_files = _spread(files, calib_images)
-    calib = read_frames(calib_files, "read calibration", progress)
     data = load_labelled(dataset, every=val_every, progress=progress) if dataset else None
+    held: list[Path] = []
+    if data is None and len(files) >= 8:  # normal-only: every 4th image is held out of calibration
+        held = files[::4][:32]
+    pool = [f for f in files if f not in set(held)]
+    calib = read_frames(_spread(pool, calib_images), "read calibration", progress)
     if data is not None:
         val = data.frames
-    else:  # normal-only: validate on normal images the calibration did not see
-        rest = [f for f in files if f not in set(calib_files)] or files
-        val = read_frames(_spread(rest, 32), "read validation", progress)
+    elif held:
+        val = read_frames(held, "read validation", progress)
+    else:
+        log.warning("%s: only %d normal images; the gate validates on the calibration frames", normal, len(files))
+        val = calib
     gate = Gate(max_drop=max_drop, thresholds=bundle.thresholds)
     cands = _Candidates(bundle, val, data, gate, progress)
-    summary: dict[str, Any] = {"validation": gate_basis(data, val), "calibration_frames": len(calib)}
+    summary: dict[str, Any] = {"validation": gate_basis(data, val, bool(held)), "calibration_frames": len(calib)}
     with tempfile.TemporaryDirectory() as tmp, BundleWriter(bundle.root, base=bundle) as w:
         stage = w.manifest["stages"]["expert"]
         rejected = stage.setdefault("rejected", {})
@@ -99,10 +104,10 @@ def build_variants(bundle_path: str | Path, normal: str, dataset: str | None = N
             chosen = None
             for i, c in enumerate(attempts + [None] * len(RETRY_EXCLUDE)):
                 if c is None:  # sensitivity retry: keep the worst tensors' nodes fp32
-                    if "sensitivity_db" not in summary:
-                        summary["sensitivity_db"] = node_sensitivity(pre, Path(tmp) / "int8.onnx", val[:8], spec)
-                    worst = list(summary["sensitivity_db"])[: RETRY_EXCLUDE[i - len(attempts)]]
-                    c = replace(attempts[-1], exclude=worst)
+                    if "sensitivity" not in summary:
+                        summary["sensitivity"] = tensor_sensitivity(pre, Path(tmp) / "int8.onnx", val[:8], spec)
+                    worst = summary["sensitivity"][: RETRY_EXCLUDE[i - len(attempts)]]
+                    c = replace(attempts[-1], exclude=sorted({n for w in worst for n in w["nodes"]}))
                 prov = quantize_int8(pre, Path(tmp) / "int8.onnx", calib, spec, c)
                 result = cands.check(Path(tmp) / "int8.onnx", f"int8 try {i + 1}")
                 tries.append({"provenance": prov, "gate": result})
@@ -136,8 +141,9 @@ def build_variants(bundle_path: str | Path, normal: str, dataset: str | None = N
                 rejected["fp16"] = {"reason": result["reason"], "last": result}
                 _drop_variant(w, stage, "fp16")
         if "trt" in precisions:
-            info = write_trt_table(fp32, calib, spec, w.path("expert/trt/x").parent)
+            info = write_trt_table(fp32, calib, spec, Path(tmp) / "trt")
             for name in TRT_FILES:
+                Path(tmp, "trt", name).replace(w.path(f"expert/trt/{name}"))
                 w.add_file(f"expert/trt/{name}", "TensorRT int8 calibration table")
             stage["variants"]["trt"] = {
                 "file": stage["variants"]["fp32"]["file"],
@@ -155,10 +161,10 @@ def _drop_variant(w: BundleWriter, stage: dict[str, Any], precision: str) -> Non
         w.remove_file(old["file"])
 
 
-def gate_basis(data: Labelled | None, val: list) -> str:
+def gate_basis(data: Labelled | None, val: list, held_out: bool) -> str:
     if data is not None:
         return f"{len(data.frames)} labelled test images ({int(data.labels.sum())} defective)"
-    return f"{len(val)} normal images not used for calibration"
+    return f"{len(val)} normal images " + ("held out of calibration" if held_out else "(the calibration frames)")
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibration.dataset import normal_images
 from runtime.bundle import BundleWriter
 from runtime.engine import Engine, EngineOptions
 from runtime.errors import LineguardError
-from runtime.imageio import list_images, read_image
+from runtime.imageio import read_image
 from runtime.manifest import InputSpec
 from runtime.preprocess import to_batch
 
@@ -34,14 +35,8 @@ def training_images(folder: str | Path) -> tuple[list[Path], str]:
 
     Accepts a flat folder of images or an MVTec-layout category root (uses ``train/good``).
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise LineguardError(f"{root}: no such directory")
-    if (root / "train" / "good").is_dir():
-        root = root / "train" / "good"
-    files = list_images(root)
-    if not files:
-        raise LineguardError(f"{root}: no image files (.png, .jpg, .bmp, .tif, ...)")
+    files = normal_images(folder)
+    root = files[0].parent
     product = root.parent.parent.name if root.parts[-2:] == ("train", "good") else root.name
     return files, product
 

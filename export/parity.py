@@ -7,15 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    if den == 0.0:  # both constant: they agree exactly or not at all
-        return 1.0 if np.allclose(a, b) else 0.0
-    return float((a * b).sum() / den)
+from calibration.metrics import pearson
 
 
 def map_parity(reference: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],

@@ -154,9 +154,14 @@ class BundleWriter:
             shutil.copy2(src, dst)
 
     def path(self, rel: str) -> Path:
-        """Where to write a new file ``rel`` (relative to the bundle root) before ``add_file``."""
+        """Where to write a new file ``rel`` (relative to the bundle root) before ``add_file``.
+
+        A file of that name hard-linked from the base bundle is unlinked first: writing through
+        the link would change the live bundle before the commit.
+        """
         p = self.tmp / rel
         p.parent.mkdir(parents=True, exist_ok=True)
+        p.unlink(missing_ok=True)
         return p
 
     def add_file(self, rel: str, role: str, provenance: dict[str, Any] | None = None) -> str:

@@ -71,6 +71,7 @@ class Expert:
         scores = r[self.score_name].reshape(-1) if self.score_name else maps.reshape(len(maps), -1).max(1)
         norm, thr = self.bundle.normalization, self.bundle.thresholds
         return [
-            ExpertResult(m, float(s), None if (n := normalize(s, norm)) is None else float(n), verdict(float(s), thr))
+            ExpertResult(m, float(s), None if (n := normalize(s, norm, thr.get("image"))) is None else float(n),
+                         verdict(float(s), thr))
             for m, s in zip(maps, scores)
         ]

@@ -11,15 +11,17 @@ from typing import Any
 import numpy as np
 
 
-def normalize(raw: float | np.ndarray, norm: dict[str, Any]) -> float | np.ndarray | None:
+def normalize(raw: float | np.ndarray, norm: dict[str, Any], threshold: float | None = None) -> float | np.ndarray | None:
     """Map a raw score so the image threshold lands on 0.5 (anomalib's min-max convention).
 
-    ``norm``: ``{"method": "min_max", "threshold": t, "min": lo, "max": hi}``. Returns None
-    when the bundle is not calibrated.
+    ``norm``: ``{"method": "min_max", "threshold": t, "min": lo, "max": hi}``. ``threshold``: the
+    manifest's current image threshold, which wins over the copy in ``norm`` so that a threshold
+    edited by hand still sits at 0.5. Returns None when the bundle is not calibrated.
     """
     if not norm or norm.get("method") != "min_max":
         return None
-    t, lo, hi = float(norm["threshold"]), float(norm["min"]), float(norm["max"])
+    t = float(threshold if threshold is not None else norm["threshold"])
+    lo, hi = float(norm["min"]), float(norm["max"])
     span = max(hi - lo, 1e-12)
     return np.clip((np.asarray(raw, dtype=np.float64) - t) / span + 0.5, 0.0, 1.0)
 

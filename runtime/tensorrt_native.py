@@ -25,9 +25,16 @@ def _trt() -> Any:
 
 def trt_cache_from_table(table_json: dict[str, Any], header: str) -> bytes:
     """ORT's calibration.json ranges → TensorRT's calibration cache (scale = absmax/127, big-endian hex)."""
+    def value(v: Any) -> float:  # ORT writes numpy scalars as {"data": [x], "dtype": ..., "CLS": "numpy.array"}
+        while isinstance(v, dict):
+            v = v.get("data", 0.0)
+        while isinstance(v, list):
+            v = v[0] if v else 0.0
+        return float(v)
+
     lines = [header]
     for name, r in sorted(table_json.items()):
-        lo, hi = float(r.get("lowest", 0.0)), float(r.get("highest", 0.0))
+        lo, hi = value(r.get("lowest", 0.0)), value(r.get("highest", 0.0))
         scale = max(abs(lo), abs(hi)) / 127.0
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
     return ("\n".join(lines) + "\n").encode()
@@ -53,6 +60,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool = Tr
         config.set_flag(trt.BuilderFlag.INT8)
 
         class Cached(trt.IInt8EntropyCalibrator2):  # no batches: every range comes from the cache
+            def __init__(self) -> None:
+                trt.IInt8EntropyCalibrator2.__init__(self)  # the bindings require the base initialiser
+
             def get_batch_size(self) -> int:
                 return 1
 

@@ -100,6 +100,19 @@ def test_interrupted_write_leaves_target_unchanged(copy):
     assert [p.name for p in copy.parent.iterdir()] == ["b"]  # no temp dirs left behind
 
 
+def test_rewriting_a_linked_file_never_touches_the_live_bundle(copy):
+    # unchanged files are hard-linked into the writer's temp dir: writing one in place would
+    # change the live bundle before the commit, and a failure after it would corrupt it
+    rel = next(iter(Bundle.load(copy).manifest["files"]))
+    before = (copy / rel).read_bytes()
+    with pytest.raises(RuntimeError, match="failed later"), BundleWriter(copy, base=Bundle.load(copy)) as w:
+        w.path(rel).write_bytes(b"new content")
+        w.add_file(rel, role="expert")
+        raise RuntimeError("failed later")
+    assert (copy / rel).read_bytes() == before
+    Bundle.load(copy)  # still verifies
+
+
 def test_update_replaces_atomically(copy):
     with BundleWriter(copy, base=Bundle.load(copy)) as w:
         w.manifest["thresholds"]["image"] = 1.5

@@ -80,11 +80,19 @@ def test_calibrate_f1_matches_sklearn(fresh, synth):
     assert "pixel" in b.thresholds
 
 
-def test_manual_threshold(fresh, synth):
-    r = lg("calibrate", fresh, "--threshold", "2.5", "--normal", synth / "train" / "good")
+def test_manual_threshold_keeps_pixel_threshold_and_a_hand_edit_sits_at_half(fresh, synth):
+    assert lg("calibrate", fresh, "--dataset", synth).returncode == 0
+    pixel = Bundle.load(fresh).thresholds["pixel"]
+    r = lg("calibrate", fresh, "--threshold", "2.5")  # no images: the earlier score range is kept
     assert r.returncode == 0, r.stderr
     b = Bundle.load(fresh)
-    assert b.thresholds["image"] == 2.5 and b.manifest["calibration"]["rule"] == "manual"
+    assert b.thresholds == {"image": 2.5, "pixel": pixel} and b.manifest["calibration"]["rule"] == "manual"
+    # a line engineer edits the threshold in manifest.json by hand: verdicts and score_norm follow it
+    m = json.loads((fresh / "manifest.json").read_text())
+    m["thresholds"]["image"] = 1.25
+    (fresh / "manifest.json").write_text(json.dumps(m))
+    r = Expert(Bundle.load(fresh))([cv2.imread(str(next((synth / "test" / "good").iterdir())))])[0]
+    assert (r.score_norm >= 0.5) == (r.score >= 1.25) == (r.verdict == "defect")
 
 
 def _write_bad_mask(synth: Path, tmp_path: Path) -> Path:
@@ -94,7 +102,7 @@ def _write_bad_mask(synth: Path, tmp_path: Path) -> Path:
     return mask
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "few", "mask_size", "mask_missing", "not_bundle"])
+@pytest.mark.parametrize("case", ["empty", "missing", "few", "mask_size", "mask_missing", "not_bundle", "no_expert"])
 def test_bad_input_is_one_line_and_leaves_the_bundle(case, fresh, synth, tmp_path):
     before = (fresh / "manifest.json").read_bytes()
     bundle, args = fresh, []
@@ -117,11 +125,18 @@ def test_bad_input_is_one_line_and_leaves_the_bundle(case, fresh, synth, tmp_pat
         mask = next((bad / "ground_truth").rglob("*_mask.png"))
         mask.unlink()
         args, want = ["--dataset", bad], f"{mask}: missing mask"
+    elif case == "no_expert":  # a bundle with another stage only
+        bundle = Path(shutil.copytree(fresh, tmp_path / "other"))
+        m = json.loads((bundle / "manifest.json").read_text())
+        m["stages"] = {"sam": m["stages"]["expert"] | {"kind": "sam"}}
+        (bundle / "manifest.json").write_text(json.dumps(m))
+        args, want = ["--normal", synth], "no 'expert' stage (stages: sam)"
     else:
         bundle, args, want = tmp_path, ["--normal", synth], "manifest.json: missing"
+    report = fresh / "calibration"
     r = lg("calibrate", bundle, *args)
     assert r.returncode == 1
     assert want in r.stderr
     assert len(r.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in r.stderr
-    assert (fresh / "manifest.json").read_bytes() == before
+    assert (fresh / "manifest.json").read_bytes() == before and not report.exists()
     assert not list(fresh.parent.glob(".bundle.tmp-*"))  # no half-written bundle left beside it

@@ -74,7 +74,7 @@ def test_export_errors_are_one_line_and_leave_nothing(tmp_path, bundle_dir):
     r = lg("export", "expert", "--train", tmp_path / "empty", "--out", tmp_path / "o")
     assert r.returncode == 1 and "empty: no image files" in r.stderr and not (tmp_path / "o").exists()
     r = lg("export", "expert", "--train", tmp_path / "missing", "--out", tmp_path / "o")
-    assert r.returncode == 1 and "missing: no such directory" in r.stderr
+    assert r.returncode == 1 and "missing: no such folder" in r.stderr
     r = lg("export", "expert", "--kind", "onnx", "--out", tmp_path / "o")
     assert r.returncode == 1 and "--kind onnx needs --model FILE" in r.stderr
     r = lg("export", "expert", "--train", tmp_path / "empty", "--out", bundle_dir)

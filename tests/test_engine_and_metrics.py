@@ -1,9 +1,7 @@
 """The session factory picks real providers; GPU paths are skipped, not faked, without a GPU."""
 
-import numpy as np
 import pytest
 
-from calibration.metrics import UndefinedMetric, auroc
 from runtime.bundle import Bundle
 from runtime.engine import Engine, EngineOptions, gpu_available, provider_list
 from runtime.errors import LineguardError
@@ -31,17 +29,3 @@ def test_cuda_session_runs_on_cuda(bundle_dir):
         pytest.skip("no CUDA device and onnxruntime-gpu here: the CUDA/TensorRT branch is not exercised")
     e = Engine(Bundle.load(bundle_dir).variant_path("expert", "fp32"), EngineOptions(device="cuda"))
     assert e.provider == "CUDAExecutionProvider"
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_auroc_matches_sklearn_with_ties(seed):
-    sk = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, 300)
-    s = np.round(rng.normal(size=300) + y, 1)  # rounding makes many ties
-    assert auroc(y, s) == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
-
-
-def test_auroc_undefined_for_one_class():
-    with pytest.raises(UndefinedMetric, match="needs both classes"):
-        auroc(np.zeros(5), np.arange(5))
