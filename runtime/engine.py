@@ -146,3 +146,27 @@ def gpu_available() -> bool:
 def tensorrt_available() -> bool:
     """True where the TensorRT EP is built in and a GPU is present."""
     return "TensorrtExecutionProvider" in _ort().get_available_providers() and gpu_available()
+
+
+def native_trt_engine(onnx_path: str | os.PathLike, opts: EngineOptions, max_batch: int = 8,
+                      int8_cache: bytes | None = None) -> Path:
+    """The factory's native TensorRT route: a serialized ``.engine`` built (once, then cached in
+    ``opts.trt_cache_dir``) from an ONNX graph, with a batch profile 1..``max_batch``."""
+    from .tensorrt_native import build_engine
+
+    if not tensorrt_available():
+        raise LineguardError("the native TensorRT engine needs the tensorrt package, onnxruntime-gpu and a GPU")
+    src = Path(onnx_path)
+    cache = Path(opts.trt_cache_dir or src.parent)
+    cache.mkdir(parents=True, exist_ok=True)
+    kind = "int8" if int8_cache is not None else "fp16" if opts.trt_fp16 else "fp32"
+    out = cache / f"{src.stem}.b{max_batch}.{kind}.engine"
+    if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    session = Engine(src, EngineOptions(device="cpu", warmup=0))  # only to read the input shapes
+    shapes = {}
+    for name, i in session.inputs.items():
+        dims = [d if isinstance(d, int) and d > 0 else None for d in i.shape]
+        lo, opt, hi = ([d or b for d in dims] for b in (1, max(1, max_batch // 2), max_batch))
+        shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+    return build_engine(src, out, fp16=opts.trt_fp16 or int8_cache is not None, int8_cache=int8_cache, shapes=shapes)

@@ -162,11 +162,12 @@ def test_trt_cache_conversion_is_absmax_over_127():
 def test_native_tensorrt_engine_builds(bundle_dir, tmp_path):
     if not tensorrt_available():
         pytest.skip("no GPU with TensorRT here: the native TensorRT builder runs only on a GPU station")
-    from runtime.tensorrt_native import build_engine
+    from runtime.engine import EngineOptions, native_trt_engine
 
     path = Bundle.load(bundle_dir).variant_path("expert", "fp32")
-    out = build_engine(path, tmp_path / "e.engine", fp16=True, shapes={"image": ((1, 128, 128, 3),) * 3})
-    assert out.stat().st_size > 0
+    out = native_trt_engine(path, EngineOptions(trt_fp16=True, trt_cache_dir=str(tmp_path)), max_batch=4)
+    again = native_trt_engine(path, EngineOptions(trt_fp16=True, trt_cache_dir=str(tmp_path)), max_batch=4)
+    assert out.stat().st_size > 0 and again == out  # cached, not rebuilt
 
 
 def test_tail_holds_every_chunk_of_a_chunked_bank_search():
