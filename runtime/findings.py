@@ -89,6 +89,11 @@ def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: in
 
 
 def hottest_region(amap: np.ndarray, frame_hw: tuple[int, int], pixel_threshold: float | None = None) -> Region:
-    """The region around the map's peak (there is always one: the peak itself passes the level)."""
-    level = min(default_level(amap, pixel_threshold), float(amap.max()))
+    """The region around the map's peak, there is always one.
+
+    Cut at the pixel threshold where the peak passes it; otherwise (a good part, or a defect the
+    threshold misses) at the relative level, so the box still shows where the map looks.
+    """
+    passes = pixel_threshold is not None and float(amap.max()) >= pixel_threshold
+    level = default_level(amap, pixel_threshold if passes else None)
     return regions(amap, frame_hw, level, top_k=1)[0]

@@ -35,5 +35,7 @@ def test_hottest_region_box_in_frame_pixels():
 def test_calibrated_pixel_threshold_sets_the_level():
     amap = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
     assert hottest_region(amap, (10, 10), pixel_threshold=0.9).box == [0, 9, 10, 10]
-    # a threshold above the peak still yields the peak's own region, never nothing
-    assert hottest_region(amap, (10, 10), pixel_threshold=5.0).area_px == 1
+    # a threshold above the peak (a good part) falls back to the relative level: the box still
+    # shows where the map looks, never a single pixel or nothing
+    above = hottest_region(amap, (10, 10), pixel_threshold=5.0)
+    assert above.area_px == 25 and above.box == hottest_region(amap, (10, 10)).box
