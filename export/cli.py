@@ -12,6 +12,12 @@ from .patchcore.fit import PatchCoreConfig
 
 
 def run_export(a: argparse.Namespace) -> int:
+    if a.what == "sam":
+        from .sam.export import export_sam
+
+        out = export_sam(a.checkpoint, a.model_type, a.bundle, a.image_size, a.product)
+        print(f"wrote the sam stage into {out}")
+        return 0
     if a.what != "expert":
         raise LineguardError(f"export {a.what}: not available yet")
     if a.kind == "patchcore":

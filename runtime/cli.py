@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mean", type=float, nargs="+", help="per-channel mean after scaling to 0..1 (default 0)")
     g.add_argument("--std", type=float, nargs="+", help="per-channel std after scaling to 0..1 (default 1)")
 
+    s = exs.add_parser("sam", help="export Segment Anything (encoder, prompt decoder, sparse decoder) into a bundle")
+    s.add_argument("--checkpoint", required=True, help="segment-anything state dict (e.g. sam_vit_b_01ec64.pth)")
+    s.add_argument("--model-type", required=True, help="vit_b, vit_l, vit_h, or custom:EMBED:DEPTH:HEADS:G1,G2")
+    s.add_argument("--bundle", required=True, help="bundle to add the SAM stage to (created if missing)")
+    s.add_argument("--image-size", type=_positive(int), default=1024,
+                   help="encoder input (1024 as released; 512 or 384 interpolate the position embeddings)")
+    s.add_argument("--product", help="product name for a new bundle")
+
     i = sub.add_parser("inspect", help="inspect image files: score, verdict, hottest region, overlays")
     i.add_argument("bundle")
     i.add_argument("images", nargs="+", help="image files or folders")

@@ -1,0 +1,1 @@
+"""Segment Anything: checkpoint loading, the ONNX graphs, and their export into a bundle."""
