@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("images", nargs="+", help="image files or folders")
     i.add_argument("--out", help="write overlay PNGs here")
     i.add_argument("--json", action="store_true", help="print one JSON array of results to stdout")
+    i.add_argument("--top-k", type=_positive(int), default=3, help="defect regions per flagged frame")
+    i.add_argument("--sam-mode", choices=["roi", "frame"], default="roi",
+                   help="SAM encodes a crop around the flagged regions (roi) or the whole frame")
     _engine_args(i)
 
     n = sub.add_parser("info", help="verify a bundle and print what it holds")
@@ -151,7 +154,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     from .inspect import format_table, inspect_files
 
     bundle = Bundle.load(a.bundle)
-    results = inspect_files(bundle, a.images, a.out, a.precision, EngineOptions(device=a.device, threads=a.threads))
+    results = inspect_files(bundle, a.images, a.out, a.precision, EngineOptions(device=a.device, threads=a.threads),
+                            top_k=a.top_k, sam_mode=a.sam_mode)
     if a.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -41,6 +41,7 @@ class Region:
     cell: str
     peak: float
     mean: float
+    peak_xy: list[float] | None = None  # x, y of the map's peak inside the region, frame pixels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +76,7 @@ def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: in
         sel = labels == lab
         vals = amap[sel]
         yy, xx = np.nonzero(sel)
+        top = int(np.argmax(vals))
         out.append(Region(
             box=[int(np.floor(x * sx)), int(np.floor(y * sy)), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))],
             area_px=int(round(area * sx * sy)),
@@ -83,9 +85,24 @@ def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: in
             cell=grid_cell(sel),
             peak=float(vals.max()),
             mean=float(vals.mean()),
+            peak_xy=[float((xx[top] + 0.5) * sx), float((yy[top] + 0.5) * sy)],
         ))
     out.sort(key=lambda r: -r.peak)
     return out[:top_k]
+
+
+def region_from_mask(mask: np.ndarray, amap_frame: np.ndarray) -> Region | None:
+    """Measure a frame-sized defect mask against the anomaly map resized to the frame."""
+    if not mask.any():
+        return None
+    yy, xx = np.nonzero(mask)
+    vals = amap_frame[mask]
+    top = int(np.argmax(vals))
+    h, w = mask.shape
+    return Region(box=[int(xx.min()), int(yy.min()), int(xx.max()) + 1, int(yy.max()) + 1], area_px=int(mask.sum()),
+                  area_frac=float(mask.sum() / (h * w)), centroid=[float(xx.mean() + 0.5), float(yy.mean() + 0.5)],
+                  cell=grid_cell(mask), peak=float(vals.max()), mean=float(vals.mean()),
+                  peak_xy=[float(xx[top] + 0.5), float(yy[top] + 0.5)])
 
 
 def hottest_region(amap: np.ndarray, frame_hw: tuple[int, int], pixel_threshold: float | None = None) -> Region:

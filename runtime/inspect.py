@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from .bundle import Bundle
+from .defects import find_defects
 from .engine import EngineOptions
 from .errors import LineguardError
 from .expert import Expert
 from .findings import hottest_region, map_stats
 from .imageio import list_images, read_image
 from .overlay import heat_overlay
+from .sam import SamStage
 
 log = logging.getLogger("lineguard.inspect")
 
@@ -37,9 +40,14 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 
 def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Path | None = None,
                   precision: str = "fp32", opts: EngineOptions | None = None,
-                  batch: int = 8) -> list[dict[str, Any]]:
-    """Inspect each file; unreadable ones get ``{"path", "error"}`` and the rest go on."""
+                  batch: int = 8, top_k: int = 3, sam_mode: str = "roi") -> list[dict[str, Any]]:
+    """Inspect each file; unreadable ones get ``{"path", "error"}`` and the rest go on.
+
+    Frames the calibrated expert flags get ``defects`` (masks from SAM where the bundle has it,
+    else from the thresholded map), and a mask PNG with ``out_dir``.
+    """
     expert = Expert(bundle, precision, opts)
+    sam = SamStage(bundle, "fp32", opts) if bundle.has_stage("sam") else None
     pixel_t = bundle.thresholds.get("pixel")
     out = Path(out_dir) if out_dir else None
     if out:
@@ -67,6 +75,10 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
                 "map": map_stats(r.anomaly_map),
                 "hottest": region.to_dict(),
             }
+            defects = []
+            if r.verdict == "defect":
+                defects = find_defects(frame, r.anomaly_map, bundle.thresholds, sam, top_k, sam_mode)
+                res["defects"] = [d.to_dict() for d in defects]
             if out:
                 vmin, vmax = (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)
                 dst = out / f"{p.stem}_overlay.png"
@@ -74,8 +86,13 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
                 while dst in used:
                     dst, n = out / f"{p.stem}_{n}_overlay.png", n + 1
                 used.add(dst)
-                cv2.imwrite(str(dst), heat_overlay(frame, r.anomaly_map, vmin, vmax, [region.box]))
+                boxes = [d.region.box for d in defects] or [region.box]
+                cv2.imwrite(str(dst), heat_overlay(frame, r.anomaly_map, vmin, vmax, boxes))
                 res["overlay"] = str(dst)
+                if defects:
+                    mask = np.any([d.mask for d in defects], axis=0).astype(np.uint8) * 255
+                    cv2.imwrite(str(dst.with_name(dst.name.replace("_overlay.png", "_mask.png"))), mask)
+                    res["mask"] = str(dst.with_name(dst.name.replace("_overlay.png", "_mask.png")))
             results.append(res)
     order = {str(p): i for i, p in enumerate(files)}  # unreadable files were appended first in a chunk
     results.sort(key=lambda r: order[r["path"]])
@@ -84,7 +101,7 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """A readable table: one line per image, paths shown below their common folder."""
-    rows = [("image", "score", "norm", "verdict", "hottest box (x0,y0,x1,y1)", "cell")]
+    rows = [("image", "score", "norm", "verdict", "hottest box (x0,y0,x1,y1)", "cell", "defects")]
     parents = [str(Path(r["path"]).resolve().parent) for r in results]
     common = Path(os.path.commonpath(parents)) if parents else Path()
 
@@ -93,11 +110,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
     for r in results:
         if "error" in r:
-            rows.append((name(r), "-", "-", "ERROR", r["error"].removeprefix(f"{r['path']}: "), ""))
+            rows.append((name(r), "-", "-", "ERROR", r["error"].removeprefix(f"{r['path']}: "), "", ""))
             continue
         norm = "-" if r["score_norm"] is None else f"{r['score_norm']:.3f}"
+        found = r.get("defects", [])
+        defects = f"{len(found)} ({', '.join(sorted({d['mask_source'] for d in found}))})" if found else ""
         rows.append((name(r), f"{r['score']:.4g}", norm, r["verdict"] or "uncalibrated",
-                     ",".join(map(str, r["hottest"]["box"])), r["hottest"]["cell"]))
+                     ",".join(map(str, r["hottest"]["box"])), r["hottest"]["cell"], defects))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 

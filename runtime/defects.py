@@ -1,0 +1,111 @@
+"""Defect masks and findings for a flagged frame: the expert's map prompts SAM (or stands in for it).
+
+Prompts are the map's connected regions above the pixel threshold, hottest first, top K: per
+region a padded box and its peak point (EIAD's use of SAM, prompted by what the vision expert
+found). ``roi`` mode encodes only a crop around the prompts, so small defects get more of the
+encoder's pixels and a large frame costs one small encoding; the crop's origin is an integer
+offset, so masks map back to frame pixels exactly. Without SAM in the bundle, the mask is the
+thresholded map itself, and each finding says ``mask_source: "expert"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .findings import Region, default_level, region_from_mask, regions
+from .sam import SamStage
+
+MODES = ("frame", "roi")
+
+
+@dataclass
+class Defect:
+    region: Region
+    mask: np.ndarray = field(repr=False)  # bool [H, W], frame pixels
+    mask_source: str  # "sam" or "expert"
+    sam_iou: float | None = None  # SAM's own quality estimate for its mask
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.region.to_dict() | {"mask_source": self.mask_source, "sam_iou": self.sam_iou}
+
+
+def prompts(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: int = 3,
+            pad: float = 0.15) -> list[tuple[np.ndarray, np.ndarray, Region]]:
+    """(box, peak point, region) per region of ``amap >= level``, hottest first; boxes padded by
+    ``pad`` of their size on each side (at least 4 px) and clipped to the frame."""
+    h, w = frame_hw
+    out = []
+    for r in regions(amap, frame_hw, level, top_k):
+        x0, y0, x1, y1 = r.box
+        px, py = max(4.0, pad * (x1 - x0)), max(4.0, pad * (y1 - y0))
+        box = np.array([max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)], np.float32)
+        out.append((box, np.array([r.peak_xy], np.float32), r))
+    return out
+
+
+def roi_crop(boxes: list[np.ndarray], frame_hw: tuple[int, int], min_side: int) -> tuple[int, int, int, int]:
+    """An integer crop holding every box, grown around its centre to at least ``min_side`` (SAM
+    needs context around a defect) and kept inside the frame."""
+    h, w = frame_hw
+    b = np.stack(boxes)
+    x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+    side_w, side_h = min(w, max(x1 - x0, min_side)), min(h, max(y1 - y0, min_side))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    cx0 = int(np.clip(np.floor(cx - side_w / 2), 0, w - side_w))
+    cy0 = int(np.clip(np.floor(cy - side_h / 2), 0, h - side_h))
+    return cx0, cy0, int(min(w, np.ceil(cx0 + side_w))), int(min(h, np.ceil(cy0 + side_h)))
+
+
+def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: SamStage | None = None,
+                 top_k: int = 3, mode: str = "frame", pad: float = 0.15, min_roi: int = 128) -> list[Defect]:
+    """Defects of one frame, hottest first. ``amap`` is the expert's map at its own size."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: use one of {MODES}")
+    h, w = frame.shape[:2]
+    level = default_level(amap, thresholds.get("pixel"))
+    found = prompts(amap, (h, w), level, top_k, pad)
+    if not found and thresholds.get("image") is not None and "pixel" in thresholds:
+        # flagged by its image score, but no pixel passes the pixel threshold: the region
+        # around the peak (relative level) is still the best place to look
+        level = default_level(amap, None)
+        found = prompts(amap, (h, w), level, top_k, pad)
+    if not found:
+        return []
+    amap_frame = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    if sam is None:
+        above = amap_frame >= level
+        n, labels = cv2.connectedComponents(above.astype(np.uint8), connectivity=8)
+        out = []
+        for _, _, r in found:
+            x, y = (min(int(v), s - 1) for v, s in zip(r.peak_xy, (w, h)))
+            lab = labels[y, x] if labels[y, x] else _nearest_label(labels, r)
+            mask = labels == lab if lab else np.zeros((h, w), bool)
+            region = region_from_mask(mask, amap_frame) or r
+            out.append(Defect(region, mask, "expert"))
+        return out
+    x0, y0, x1, y1 = roi_crop([b for b, _, _ in found], (h, w), min_roi) if mode == "roi" else (0, 0, w, h)
+    emb = sam.encode(frame[y0:y1, x0:x1])
+    shift = np.array([x0, y0], np.float32)
+    out = []
+    for box, point, r in found:
+        m = sam.segment(emb, point - shift, np.ones(1, np.float32), box - np.tile(shift, 2))
+        mask = np.zeros((h, w), bool)
+        mask[y0:y1, x0:x1] = m.mask
+        region = region_from_mask(mask, amap_frame)
+        if region is None:  # SAM found nothing under this prompt: keep the expert's region
+            out.append(Defect(r, np.zeros((h, w), bool), "expert", m.iou))
+        else:
+            out.append(Defect(region, mask, "sam", m.iou))
+    return out
+
+
+def _nearest_label(labels: np.ndarray, r: Region) -> int:
+    """The component under a region's box (a region found at map size can land between frame pixels)."""
+    x0, y0, x1, y1 = r.box
+    window = labels[y0:y1, x0:x1]
+    vals = window[window > 0]
+    return int(np.bincount(vals).argmax()) if len(vals) else 0
