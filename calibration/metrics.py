@@ -255,3 +255,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if den == 0.0:  # both constant: they agree exactly or not at all
         return 1.0 if np.allclose(a, b) else 0.0
     return float((a * b).sum() / den)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,18 @@ def preprocess(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """ORT's quantizer logs advice on the root logger; hide it while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _gemm_as_matmul(model: onnx.ModelProto, names: set[str]) -> list[str]:
     """Rewrite plain Gemms (no transpose, alpha = beta = 1) as MatMul + Add, which ORT can
     quantize dynamically; returns the new MatMul names."""
@@ -162,14 +175,9 @@ def quantize_int8(src: str | Path, dst: str | Path, frames: Sequence[np.ndarray]
         tail_q = _gemm_as_matmul(body, products - set(cfg.exclude))
         staged = dst.with_suffix(".tail.onnx")
         onnx.save(body, str(staged))
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # it warns that the graph "is already quantized": on purpose, its body is
-        try:
+        with quiet_root_logger():  # it warns the graph "is already quantized": on purpose, its body is
             quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                              nodes_to_quantize=tail_q, extra_options={"MatMulConstBOnly": True})
-        finally:
-            root.setLevel(level)
         staged.unlink()
     return {
         "method": cfg.method,
@@ -185,12 +193,13 @@ def quantize_int8(src: str | Path, dst: str | Path, frames: Sequence[np.ndarray]
     }
 
 
-def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """FP16 weights and activations for GPUs; the bank tail stays fp32, inputs/outputs keep their types."""
+def convert_fp16(src: str | Path, dst: str | Path, keep_tail: bool = True) -> dict[str, Any]:
+    """FP16 weights and activations for GPUs; inputs/outputs keep their types. ``keep_tail``: the
+    bank tail (first Gemm/MatMul on) stays fp32 — right for PatchCore, not for a transformer."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = _named(onnx.load(str(src)))
-    tail = tail_nodes(model)
+    tail = tail_nodes(model) if keep_tail else []
     half = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail)
     onnx.save(_named(_dedupe(half)), str(dst))
     return {"format": "fp16", "fp32_nodes": tail}

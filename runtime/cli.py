@@ -113,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="INT8/FP16/TensorRT variants of the expert, each through an accuracy gate")
     q.add_argument("bundle")
-    q.add_argument("--normal", required=True, help="normal images for calibration (folder or MVTec category)")
+    q.add_argument("--stage", choices=["expert", "sam"], default="expert", help="which stage to quantize")
+    q.add_argument("--normal", help="normal images for calibration (folder or MVTec category; expert only)")
     q.add_argument("--dataset", help="MVTec-layout category to gate on (else: held-out normal images)")
-    q.add_argument("--precision", default="int8,fp16,trt", help="comma list of int8, fp16, trt")
+    q.add_argument("--precision", help="comma list of int8, fp16, trt (default: int8,fp16,trt; sam: int8,fp16)")
     q.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="how int8 activation ranges are calibrated")
     q.add_argument("--activations", default="uint8", choices=["uint8", "int8"],
@@ -222,8 +223,18 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     from calibration.quantize import QuantConfig
     from calibration.variants import build_variants, describe
 
+    if a.stage == "sam":
+        from calibration.sam_variants import build_sam_variants
+
+        precisions = tuple(p.strip() for p in (a.precision or "int8,fp16").split(",") if p.strip())
+        for prec, g in build_sam_variants(a.bundle, precisions).items():
+            print(f"sam {prec} {'written' if g['passed'] else 'NOT written'}: mean mask IoU vs fp32 "
+                  f"{g['mean_iou_vs_fp32']:.4f} (min {g['min_iou_vs_fp32']:.4f}) on {g['cases']} cases")
+        return 0
+    if not a.normal:
+        raise LineguardError("quantizing the expert needs --normal DIR (calibration images)")
     cfg = QuantConfig(method=a.method, activations=a.activations, quantize_tail=not a.no_tail)
-    precisions = tuple(p.strip() for p in a.precision.split(",") if p.strip())
+    precisions = tuple(p.strip() for p in (a.precision or "int8,fp16,trt").split(",") if p.strip())
     summary = build_variants(a.bundle, a.normal, a.dataset, precisions, cfg, a.max_drop, a.calib_images, a.every)
     print(describe(summary))
     return 0

@@ -61,16 +61,20 @@ def roi_crop(boxes: list[np.ndarray], frame_hw: tuple[int, int], min_side: int) 
 
 
 def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: SamStage | None = None,
-                 top_k: int = 3, mode: str = "frame", pad: float = 0.15, min_roi: int = 128) -> list[Defect]:
-    """Defects of one frame, hottest first. ``amap`` is the expert's map at its own size."""
+                 top_k: int = 3, mode: str = "frame", pad: float = 0.15, min_roi: int = 128,
+                 flagged: bool = True) -> list[Defect]:
+    """Defects of one frame, hottest first. ``amap`` is the expert's map at its own size.
+
+    ``flagged``: the frame's image score passed the threshold. Then, if no pixel passes the
+    pixel threshold, the region around the map's peak (relative level) is still reported: the
+    best place to look. Unflagged frames get defects only where pixels pass.
+    """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: use one of {MODES}")
     h, w = frame.shape[:2]
     level = default_level(amap, thresholds.get("pixel"))
     found = prompts(amap, (h, w), level, top_k, pad)
-    if not found and thresholds.get("image") is not None and "pixel" in thresholds:
-        # flagged by its image score, but no pixel passes the pixel threshold: the region
-        # around the peak (relative level) is still the best place to look
+    if not found and flagged and "pixel" in thresholds:
         level = default_level(amap, None)
         found = prompts(amap, (h, w), level, top_k, pad)
     if not found:

@@ -39,7 +39,10 @@ def test_without_sam_the_mask_is_the_thresholded_map():
     assert d.region.box == [int(np.nonzero(ref)[1].min()), int(np.nonzero(ref)[0].min()),
                             int(np.nonzero(ref)[1].max()) + 1, int(np.nonzero(ref)[0].max()) + 1]
     assert d.to_dict()["mask_source"] == "expert" and d.region.cell == "top-left"
-    assert find_defects(frame, amap * 0.1, {"pixel": 1.0}) == []  # nothing above the threshold
+    assert find_defects(frame, amap * 0.1, {"pixel": 1.0}, flagged=False) == []  # nothing above the threshold
+    # flagged by its image score all the same: the region around the peak is reported
+    (peak,) = find_defects(frame, amap * 0.1, {"pixel": 1.0}, flagged=True)
+    assert peak.region.cell == "top-left" and peak.mask.any()
 
 
 def test_roi_crop_holds_the_boxes_and_stays_in_frame():

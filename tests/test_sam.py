@@ -159,3 +159,22 @@ def test_encoder_takes_gray_frames(sam_bundle):
     ref = stage.encode(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
     assert np.array_equal(e.embeddings, ref.embeddings)
     assert json.loads((sam_bundle / "manifest.json").read_text())["stages"]["sam"]["options"]["mask_size"] == 64
+
+
+def test_sam_variants_are_gated_on_mask_iou(sam_bundle, tmp_path):
+    import shutil
+
+    b = Path(shutil.copytree(sam_bundle, tmp_path / "b"))
+    r = lg("quantize", b, "--stage", "sam")
+    assert r.returncode == 0, r.stderr
+    stage = Bundle.load(b).stage("sam")
+    for prec in ("int8", "fp16"):
+        if prec in stage["variants"]:
+            g = stage["variants"][prec]["parity"]
+            assert g["passed"] and g["mean_iou_vs_fp32"] >= 0.97
+            s = SamStage(Bundle.load(b), prec)  # the variant really runs
+            frame, prompts = parity_cases(SIZE, SIZE, seed=0)
+            assert s.segment(s.encode(frame), box=prompts[1]["box"]).mask.any()
+        else:
+            assert "mean mask IoU" in stage["rejected"][prec]["reason"]
+    assert "sam int8" in r.stdout

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from segment_anything import SamPredictor
 
+from calibration.metrics import mask_iou as iou
 from runtime.bundle import Bundle, BundleWriter
 from runtime.engine import Engine, EngineOptions
 from runtime.errors import BundleError, LineguardError
@@ -25,11 +26,6 @@ log = logging.getLogger("lineguard.export")
 MIN_IOU = 0.99
 GRAPHS = {"encoder": "sam/encoder.fp32.onnx", "decoder": "sam/decoder.fp32.onnx",
           "sparse_decoder": "sam/decoder_sparse.fp32.onnx"}
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def parity_cases(h: int, w: int, seed: int) -> tuple[np.ndarray, list[dict[str, Any]]]:

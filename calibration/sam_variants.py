@@ -1,0 +1,103 @@
+"""FP16 and INT8 variants of a bundle's SAM, gated on mask agreement with fp32.
+
+INT8 quantizes the encoder's MatMuls dynamically (int8 weights per channel, activations with
+a per-frame range): SAM's attention activations have outliers that a static range clips.
+The decoders are small and stay fp32. The gate compares masks of the candidate with fp32's on
+generated frames and the prompts the parity check uses: mean IoU ≥ ``min_iou``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from runtime.bundle import Bundle, BundleWriter
+from runtime.engine import EngineOptions
+from runtime.errors import InputError
+from runtime.sam import SamStage
+
+from .metrics import mask_iou
+from .quantize import convert_fp16, quiet_root_logger
+
+log = logging.getLogger("lineguard.quantize")
+MIN_IOU = 0.97
+
+
+def _cases(size: int, n: int = 3) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    from export.sam.export import parity_cases  # the same frames and prompts as the export's parity
+
+    out = []
+    for i in range(n):
+        frame, prompts = parity_cases(size - 7 * i, size, seed=i)
+        out += [(frame, p) for p in prompts]
+    return out
+
+
+def _masks(stage: SamStage, cases: list) -> list[np.ndarray]:
+    out, cache = [], {}
+    for frame, p in cases:
+        key = id(frame)
+        if key not in cache:
+            cache[key] = stage.encode(frame)
+        out.append(stage.segment(cache[key], p.get("points"), p.get("labels"), p.get("box")).mask)
+    return out
+
+
+def build_sam_variants(bundle_path: str | Path, precisions: tuple[str, ...] = ("int8", "fp16"),
+                       min_iou: float = MIN_IOU) -> dict[str, Any]:
+    for p in precisions:
+        if p not in ("int8", "fp16"):
+            raise InputError(f"--precision {p}: SAM variants are int8 and fp16")
+    bundle = Bundle.load(bundle_path)
+    stage = bundle.stage("sam")
+    fp32 = stage["variants"]["fp32"]["graphs"]
+    opts = EngineOptions(device="cpu")
+    cases = _cases(int(stage["input_spec"]["height"]))
+    ref = _masks(SamStage(bundle, "fp32", opts), cases)
+    summary: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, BundleWriter(bundle.root, base=bundle) as w:
+        st = w.manifest["stages"]["sam"]
+        for prec in precisions:
+            graphs = dict(fp32)
+            if prec == "int8":
+                rel = "sam/encoder.int8.onnx"
+                with quiet_root_logger():
+                    quantize_dynamic(str(bundle.root / fp32["encoder"]), str(Path(tmp) / "enc.onnx"),
+                                     weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+                graphs["encoder"] = rel
+                made = {rel: Path(tmp) / "enc.onnx"}
+                prov = {"encoder": "dynamic int8 MatMuls, per-channel weights", "decoders": "fp32"}
+            else:
+                made = {}
+                for k, src in fp32.items():
+                    rel = src.replace(".fp32.", ".fp16.")
+                    convert_fp16(bundle.root / src, Path(tmp) / Path(rel).name, keep_tail=False)
+                    graphs[k], made[rel] = rel, Path(tmp) / Path(rel).name
+                prov = {"format": "fp16 (inputs/outputs fp32)", "checked_on": "CPU EP"}
+            cand = Bundle(w.tmp, w.manifest)
+            for rel, path in made.items():
+                path.replace(w.path(rel))
+            st["variants"][prec] = {"file": graphs["encoder"], "graphs": graphs, "provenance": prov}
+            ious = [mask_iou(a, b) for a, b in zip(ref, _masks(SamStage(cand, prec, opts), cases))]
+            gate = {"mean_iou_vs_fp32": float(np.mean(ious)), "min_iou_vs_fp32": float(np.min(ious)),
+                    "cases": len(ious), "passed": float(np.mean(ious)) >= min_iou,
+                    "basis": f"mean mask IoU vs fp32 ≥ {min_iou} on {len(ious)} generated frame/prompt cases"}
+            summary[prec] = gate
+            if gate["passed"]:
+                for rel in made:
+                    w.add_file(rel, f"sam {prec}")
+                st["variants"][prec]["parity"] = gate
+                st.setdefault("rejected", {}).pop(prec, None)
+            else:
+                del st["variants"][prec]
+                for rel in made:
+                    w.remove_file(rel)
+                st.setdefault("rejected", {})[prec] = {"reason": f"mean mask IoU {gate['mean_iou_vs_fp32']:.3f} "
+                                                                 f"< {min_iou}", "last": gate}
+                log.warning("sam %s rejected: mean IoU %.3f", prec, gate["mean_iou_vs_fp32"])
+    return summary
