@@ -9,6 +9,7 @@ says why. Every variant's measured deltas against fp32 go into the manifest.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -117,7 +118,7 @@ def build_variants(bundle_path: str | Path, normal: str, dataset: str | None = N
             summary["int8"] = {"tries": tries, "written": chosen is not None}
             if chosen:
                 rel = "expert/model.int8.onnx"
-                Path(tmp, "int8.onnx").replace(w.path(rel))
+                shutil.move(Path(tmp, "int8.onnx"), w.path(rel))  # /tmp may be another filesystem
                 w.add_file(rel, "expert int8", chosen[0])
                 stage["variants"]["int8"] = {"file": rel, "parity": chosen[1], "provenance": chosen[0]}
                 rejected.pop("int8", None)
@@ -132,7 +133,7 @@ def build_variants(bundle_path: str | Path, normal: str, dataset: str | None = N
             summary["fp16"] = {"provenance": prov, "gate": result, "written": result["passed"]}
             if result["passed"]:
                 rel = "expert/model.fp16.onnx"
-                Path(tmp, "fp16.onnx").replace(w.path(rel))
+                shutil.move(Path(tmp, "fp16.onnx"), w.path(rel))
                 w.add_file(rel, "expert fp16", prov)
                 stage["variants"]["fp16"] = {"file": rel, "parity": result | {"checked_on": "CPU EP"},
                                              "provenance": prov}
@@ -143,7 +144,7 @@ def build_variants(bundle_path: str | Path, normal: str, dataset: str | None = N
         if "trt" in precisions:
             info = write_trt_table(fp32, calib, spec, Path(tmp) / "trt")
             for name in TRT_FILES:
-                Path(tmp, "trt", name).replace(w.path(f"expert/trt/{name}"))
+                shutil.move(Path(tmp, "trt", name), w.path(f"expert/trt/{name}"))
                 w.add_file(f"expert/trt/{name}", "TensorRT int8 calibration table")
             stage["variants"]["trt"] = {
                 "file": stage["variants"]["fp32"]["file"],

@@ -52,7 +52,9 @@ def roi_crop(boxes: list[np.ndarray], frame_hw: tuple[int, int], min_side: int) 
     needs context around a defect) and kept inside the frame."""
     h, w = frame_hw
     b = np.stack(boxes)
-    x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+    # whole pixels first (floor the start, ceil the end), so growing never cuts a padded box
+    x0, y0 = float(np.floor(b[:, 0].min())), float(np.floor(b[:, 1].min()))
+    x1, y1 = float(np.ceil(b[:, 2].max())), float(np.ceil(b[:, 3].max()))
     side_w, side_h = min(w, max(x1 - x0, min_side)), min(h, max(y1 - y0, min_side))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     cx0 = int(np.clip(np.floor(cx - side_w / 2), 0, w - side_w))
@@ -72,6 +74,8 @@ def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any]
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: use one of {MODES}")
     h, w = frame.shape[:2]
+    if float(amap.max()) <= float(amap.min()):  # a flat map points nowhere
+        return []
     level = default_level(amap, thresholds.get("pixel"))
     found = prompts(amap, (h, w), level, top_k, pad)
     if not found and flagged and "pixel" in thresholds:
@@ -80,16 +84,22 @@ def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any]
     if not found:
         return []
     amap_frame = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    _, labels = cv2.connectedComponents((amap_frame >= level).astype(np.uint8), connectivity=8)
+
+    def expert_defect(r: Region) -> Defect:
+        x, y = (min(int(v), s - 1) for v, s in zip(r.peak_xy, (w, h)))
+        lab = labels[y, x] if labels[y, x] else _nearest_label(labels, r)
+        mask = labels == lab if lab else np.zeros((h, w), bool)
+        return Defect(region_from_mask(mask, amap_frame) or r, mask, "expert")
+
     if sam is None:
-        above = amap_frame >= level
-        n, labels = cv2.connectedComponents(above.astype(np.uint8), connectivity=8)
-        out = []
+        out, seen = [], set()
         for _, _, r in found:
-            x, y = (min(int(v), s - 1) for v, s in zip(r.peak_xy, (w, h)))
-            lab = labels[y, x] if labels[y, x] else _nearest_label(labels, r)
-            mask = labels == lab if lab else np.zeros((h, w), bool)
-            region = region_from_mask(mask, amap_frame) or r
-            out.append(Defect(region, mask, "expert"))
+            d = expert_defect(r)
+            key = (tuple(d.region.box), d.region.area_px)  # two map regions can merge at frame size
+            if key not in seen:
+                seen.add(key)
+                out.append(d)
         return out
     x0, y0, x1, y1 = roi_crop([b for b, _, _ in found], (h, w), min_roi) if mode == "roi" else (0, 0, w, h)
     emb = sam.encode(frame[y0:y1, x0:x1])
@@ -100,8 +110,10 @@ def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any]
         mask = np.zeros((h, w), bool)
         mask[y0:y1, x0:x1] = m.mask
         region = region_from_mask(mask, amap_frame)
-        if region is None:  # SAM found nothing under this prompt: keep the expert's region
-            out.append(Defect(r, np.zeros((h, w), bool), "expert", m.iou))
+        if region is None:  # SAM found nothing under this prompt: the expert's own mask stands
+            d = expert_defect(r)
+            d.sam_iou = m.iou
+            out.append(d)
         else:
             out.append(Defect(region, mask, "sam", m.iou))
     return out

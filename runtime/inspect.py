@@ -47,7 +47,10 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
     else from the thresholded map), and a mask PNG with ``out_dir``.
     """
     expert = Expert(bundle, precision, opts)
-    sam = SamStage(bundle, "fp32", opts) if bundle.has_stage("sam") else None
+    sam = None
+    if bundle.has_stage("sam"):  # the same precision as the expert where SAM has it
+        sam_variants = bundle.stage("sam")["variants"]
+        sam = SamStage(bundle, precision if precision in sam_variants else "fp32", opts)
     pixel_t = bundle.thresholds.get("pixel")
     out = Path(out_dir) if out_dir else None
     if out:

@@ -38,7 +38,7 @@ class SamMask:
 def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
     """SAM's ResizeLongestSide target shape (rounded half up)."""
     scale = size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # a 1-px-thin frame stays 1 px
 
 
 class SamStage:

@@ -45,11 +45,22 @@ def test_without_sam_the_mask_is_the_thresholded_map():
     assert peak.region.cell == "top-left" and peak.mask.any()
 
 
+def test_flat_maps_and_tiny_frames_do_not_crash():
+    frame = np.zeros((1, 1), np.uint8)
+    assert find_defects(frame, np.zeros((8, 8), np.float32), {"pixel": 1.0}) == []
+    (d,) = find_defects(np.zeros((3, 2), np.uint8), blob_map(8, [(4, 4, 3.0)], r=1.0), {"pixel": 1.0})
+    x0, y0, x1, y1 = d.region.box
+    assert d.mask.shape == (3, 2) and 0 <= x0 < x1 <= 2 and 0 <= y0 < y1 <= 3
+
+
 def test_roi_crop_holds_the_boxes_and_stays_in_frame():
     x0, y0, x1, y1 = roi_crop([np.array([10, 20, 30, 40.0]), np.array([50, 60, 70, 65.0])], (100, 200), 64)
     assert (x0, y0) >= (0, 0) and x1 <= 200 and y1 <= 100
     assert x0 <= 10 and y0 <= 20 and x1 >= 70 and y1 >= 65 and x1 - x0 >= 64 and y1 - y0 >= 64
     assert roi_crop([np.array([0, 0, 5, 5.0])], (40, 30), 64) == (0, 0, 30, 40)  # frame smaller than min
+    x0, y0, x1, y1 = roi_crop([np.array([10.6, 20.4, 80.5, 90.2])], (300, 300), 8)  # fractional, no growth
+    assert (x0, y0) <= (10, 20) and x1 >= 81 and y1 >= 91  # never cuts the padded box
+    assert roi_crop([np.array([290, 290, 300, 300.0])], (300, 300), 64) == (236, 236, 300, 300)  # at the border
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,14 @@ def test_any_frame_size_matches_sampredictor(sam_bundle, tiny_ckpt):
             got = stage.segment(e, p.get("points"), p.get("labels"), p.get("box"))
             assert got.mask.shape == (h, w) and iou(ref[0], got.mask) >= 0.99
             assert np.abs(ref_low[0] - got.logits).max() < 1e-3 and abs(ref_iou[0] - got.iou) < 1e-4
-    # a frame of another size is resized as SamPredictor does it (PIL bilinear), so it matches too
+    # frames of other sizes, down and up, are resized as SamPredictor does it (PIL bilinear)
+    for h, w in ((300, 410), (90, 120)):
+        frame, prompts = parity_cases(h, w, seed=7)
+        pred.set_image(frame[:, :, ::-1].copy())
+        e = stage.encode(frame)
+        for p in prompts:  # points are scaled too
+            ref, _, _ = pred.predict(p.get("points"), p.get("labels"), p.get("box"), multimask_output=False)
+            assert iou(ref[0], stage.segment(e, p.get("points"), p.get("labels"), p.get("box")).mask) >= 0.99
     frame, prompts = parity_cases(300, 410, seed=5)
     pred.set_image(frame[:, :, ::-1].copy())
     e = stage.encode(frame)
@@ -178,3 +185,12 @@ def test_sam_variants_are_gated_on_mask_iou(sam_bundle, tmp_path):
         else:
             assert "mean mask IoU" in stage["rejected"][prec]["reason"]
     assert "sam int8" in r.stdout
+    # an impossible gate rejects both and leaves nothing of them behind
+    from calibration.sam_variants import build_sam_variants
+
+    gates = build_sam_variants(b, min_iou=1.01)
+    stage = Bundle.load(b).stage("sam")
+    assert not any(g["passed"] for g in gates.values())
+    assert set(stage["variants"]) == {"fp32"} and set(stage["rejected"]) == {"int8", "fp16"}
+    assert not [f for f in Bundle.load(b).manifest["files"] if ".int8." in f or ".fp16." in f]
+    assert not list((b / "sam").glob("*.int8.onnx")) and not list((b / "sam").glob("*.fp16.onnx"))

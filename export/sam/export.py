@@ -77,6 +77,8 @@ def export_sam(checkpoint: str | Path, model_type: str, bundle: str | Path, imag
             raise LineguardError(f"--bundle {target}: exists but is not a usable bundle ({e})") from None
     grid = image_size // 16
     with BundleWriter(target, base=base, product=product or (base.product if base else "part")) as w:
+        for rel in [f for f in w.manifest["files"] if f.startswith("sam/")]:  # old SAM graphs and variants
+            w.remove_file(rel)
         paths = {k: w.path(v) for k, v in GRAPHS.items()}
         frame = torch.zeros(1, image_size, image_size * 3 // 4, 3, dtype=torch.uint8)
         p_enc = export_onnx(EncoderGraph(sam), (frame,), paths["encoder"], ["image"], ["image_embeddings"],
