@@ -134,7 +134,7 @@ def test_bad_checkpoints_are_one_line_and_leave_the_bundle(case, tiny_ckpt, sam_
     elif case == "truncated":
         ckpt = tmp_path / "cut.pth"
         ckpt.write_bytes(tiny_ckpt.read_bytes()[:5000])
-        want = "not a loadable state dict"
+        want = "not a loadable torch state dict"
     elif case == "not_state_dict":
         ckpt = tmp_path / "list.pth"
         torch.save([1, 2, 3], ckpt)

@@ -13,6 +13,8 @@ from torch import nn
 
 from runtime.errors import LineguardError
 
+from ..state_dict import match_state_dict, read_state_dict
+
 # arch → (torchvision builder, channels of layer2, layer3)
 ARCHS: dict[str, tuple[Any, tuple[int, int]]] = {
     "resnet18": (torchvision.models.resnet18, (128, 256)),
@@ -60,27 +62,9 @@ def load_backbone(arch: str, weights: str | Path | None = None, seed: int = 0) -
         prov = {"arch": arch, "weights": None, "seed": seed, "warning": msg}
     else:
         path = Path(weights)
-        if not path.is_file():
-            raise LineguardError(f"{path}: no such weights file")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle, zip and torch errors all mean "not a state dict file"
-            raise LineguardError(f"{path}: not a loadable torch state dict ({str(e).splitlines()[0][:120]})") from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise LineguardError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+        state = read_state_dict(path, ("state_dict",))
         model = build(weights=None)
-        own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        if missing or unexpected:
-            first = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
-            raise LineguardError(f"{path}: does not match {arch} ({first}; {len(missing)} missing, "
-                                 f"{len(unexpected)} unexpected)")
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise LineguardError(f"{path}: {k} has shape {tuple(v.shape)}, {arch} expects {tuple(own[k].shape)}")
+        match_state_dict(path, state, model.state_dict(), arch)
         model.load_state_dict(state)
         prov = {"arch": arch, "weights": str(path.resolve()), "sha256": _sha256(path)}
     return Backbone(model, channels).eval(), prov

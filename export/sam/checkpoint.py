@@ -22,6 +22,8 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from runtime.bundle import sha256_file
 from runtime.errors import LineguardError
 
+from ..state_dict import match_state_dict, read_state_dict
+
 PATCH = 16
 PROMPT_DIM = 256
 
@@ -104,29 +106,11 @@ def _resize_pos(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) ->
 def load_sam(checkpoint: str | Path, arch: SamArch, image_size: int = 1024) -> tuple[Sam, dict[str, Any]]:
     """Load an official-format state dict (``weights_only=True``); refuse a mismatch in one line."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise LineguardError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a torch file: all "cannot load"
-        raise LineguardError(f"{path}: not a loadable state dict ({str(e).splitlines()[0][:120]})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # training checkpoints wrap the weights
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LineguardError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    state = read_state_dict(path, ("model",), "no such checkpoint file")
     model = build_sam(arch, image_size)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        first = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
-        raise LineguardError(f"{path}: does not match SAM {arch.name} ({first}; {len(missing)} missing, "
-                             f"{len(unexpected)} unexpected)")
-    resized = _resize_pos(state, own) if image_size != 1024 or arch.name not in ARCHS else []
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise LineguardError(f"{path}: {k} has shape {tuple(v.shape)}, SAM {arch.name} expects "
-                                 f"{tuple(own[k].shape)}")
+    resized: list[str] = []
+    match_state_dict(path, state, model.state_dict(), f"SAM {arch.name}",
+                     adapt=lambda s, own: resized.extend(_resize_pos(s, own)))
     model.load_state_dict(state)
     digest = sha256_file(path)
     prov = {"checkpoint": str(path.resolve()), "sha256": digest, "model_type": arch.name,
