@@ -84,9 +84,12 @@ def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any]
     if not found:
         return []
     amap_frame = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
-    _, labels = cv2.connectedComponents((amap_frame >= level).astype(np.uint8), connectivity=8)
+    components: list[np.ndarray] = []  # frame-sized labels, computed only when an expert mask is needed
 
     def expert_defect(r: Region) -> Defect:
+        if not components:
+            components.append(cv2.connectedComponents((amap_frame >= level).astype(np.uint8), connectivity=8)[1])
+        labels = components[0]
         x, y = (min(int(v), s - 1) for v, s in zip(r.peak_xy, (w, h)))
         lab = labels[y, x] if labels[y, x] else _nearest_label(labels, r)
         mask = labels == lab if lab else np.zeros((h, w), bool)
