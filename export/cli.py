@@ -18,6 +18,23 @@ def run_export(a: argparse.Namespace) -> int:
         out = export_sam(a.checkpoint, a.model_type, a.bundle, a.image_size, a.product)
         print(f"wrote the sam stage into {out}")
         return 0
+    if a.what == "llm":
+        from .llm.export import export_llm
+        from .llm.int4 import Int4Config
+
+        cfg = Int4Config(block_size=a.block_size, symmetric=not a.asymmetric, accuracy_level=a.accuracy_level,
+                         merge=not a.no_merge, embeddings=a.quantize_embeddings)
+        precisions = tuple(p.strip() for p in a.precision.split(",") if p.strip())
+        out, report = export_llm(a.model, a.bundle, precisions, cfg, a.product, a.graph, a.nf4)
+        for prec, r in report.items():
+            if prec == "nf4":
+                print(f"nf4 (bitsandbytes, GPU): next-token agreement {r['teacher_forced_agreement']:.3f}, "
+                      f"{r['tok_s']} tok/s, {r['gpu_memory_mb']} MB")
+                continue
+            print(f"llm {prec}: {r['identical_sequences']}/{r['prompts']} greedy sequences identical to transformers, "
+                  f"next-token agreement {r['teacher_forced_agreement']:.3f}")
+        print(f"wrote the llm stage into {out}")
+        return 0
     if a.what != "expert":
         raise LineguardError(f"export {a.what}: not available yet")
     if a.kind == "patchcore":

@@ -7,6 +7,7 @@ station's runtime-only install still answers ``--help`` and runs inspect/serve.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -85,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder input (1024 as released; 512 or 384 interpolate the position embeddings)")
     s.add_argument("--product", help="product name for a new bundle")
 
+    m = exs.add_parser("llm", help="export a causal LM (Llama, Qwen2, Phi-3, Gemma, Mistral) with a KV cache")
+    m.add_argument("--model", required=True, help="local Hugging Face checkpoint folder (save_pretrained layout)")
+    m.add_argument("--bundle", required=True, help="bundle to add the LLM stage to (created if missing)")
+    m.add_argument("--precision", default="int4", help="comma list of int4, fp16, fp32 (default int4)")
+    m.add_argument("--block-size", type=_positive(int), default=32, help="INT4 block size (MatMulNBits)")
+    m.add_argument("--asymmetric", action="store_true", help="INT4 with zero points (default symmetric)")
+    m.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
+                   help="MatMulNBits compute: 4 = int8 activations (fastest on CPU), 0 = fp32")
+    m.add_argument("--no-merge", action="store_true", help="keep q/k/v and gate/up projections separate")
+    m.add_argument("--graph", choices=["auto", "fused", "traced"], default="auto",
+                   help="fused: ONNX Runtime's attention/norm kernels (fast); traced: torch.onnx of the model "
+                        "(any family transformers runs); auto: fused where it matches generate")
+    m.add_argument("--quantize-embeddings", action="store_true", help="also 4-bit the embedding table")
+    m.add_argument("--nf4", action="store_true",
+                   help="also measure bitsandbytes NF4 (PyTorch-side, CUDA only) against the same reference")
+    m.add_argument("--product", help="product name for a new bundle")
+
     i = sub.add_parser("inspect", help="inspect image files: score, verdict, hottest region, overlays")
     i.add_argument("bundle")
     i.add_argument("images", nargs="+", help="image files or folders")
@@ -93,7 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--top-k", type=_positive(int), default=3, help="defect regions per flagged frame")
     i.add_argument("--sam-mode", choices=["roi", "frame"], default="roi",
                    help="SAM encodes a crop around the flagged regions (roi) or the whole frame")
+    i.add_argument("--explain", action="store_true", help="explain flagged frames with the bundle's LLM")
     _engine_args(i)
+
+    x = sub.add_parser("explain", help="run the bundle's LLM on findings (inspect --json output) or a prompt")
+    x.add_argument("bundle")
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--findings", help="JSON file: one inspect result or a list of them ('-' for stdin)")
+    src.add_argument("--prompt", help="free text, sent through the chat template as the user turn")
+    x.add_argument("--precision", help="llm variant (default: the smallest the bundle has)")
+    x.add_argument("--max-new-tokens", type=_positive(int))
+    x.add_argument("--temperature", type=float, help="0 = greedy")
+    x.add_argument("--top-p", type=float)
+    x.add_argument("--seed", type=int)
+    x.add_argument("--time-budget", type=_positive(float), help="seconds per explanation")
+    x.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    x.add_argument("--threads", type=int, default=0)
+    x.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
 
     n = sub.add_parser("info", help="verify a bundle and print what it holds")
     n.add_argument("bundle")
@@ -155,14 +189,63 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     from .inspect import format_table, inspect_files
 
     bundle = Bundle.load(a.bundle)
-    results = inspect_files(bundle, a.images, a.out, a.precision, EngineOptions(device=a.device, threads=a.threads),
-                            top_k=a.top_k, sam_mode=a.sam_mode)
+    opts = EngineOptions(device=a.device, threads=a.threads)
+    results = inspect_files(bundle, a.images, a.out, a.precision, opts, top_k=a.top_k, sam_mode=a.sam_mode)
+    if a.explain:
+        from .explain import Explainer
+
+        explainer = Explainer(bundle, opts=opts)
+        for r in results:
+            if r.get("verdict") == "defect":
+                r["explanation"] = explainer.explain(r)
     if a.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(format_table(results))
     return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    from .bundle import Bundle
+    from .explain import Explainer
+
+    ex = Explainer(Bundle.load(a.bundle), a.precision, EngineOptions(device=a.device, threads=a.threads))
+    over = {k: v for k, v in (("max_new_tokens", a.max_new_tokens), ("temperature", a.temperature),
+                              ("top_p", a.top_p), ("seed", a.seed), ("time_budget_s", a.time_budget)) if v is not None}
+    try:
+        s = dataclasses.replace(ex.sampling, **over)
+        s.validate()
+    except ValueError as e:
+        raise LineguardError(str(e)) from None
+    if a.prompt is not None:
+        ids = ex.tokenizer.encode(ex.prompts.render([{"role": "user", "content": a.prompt}]),
+                                  add_special_tokens=False).ids
+        gen = ex.lm.generate(ids, s)
+        print(ex.tokenizer.decode(gen.ids).strip())
+        print(f"[{gen.prompt_tokens} prompt tokens at {gen.prefill_tok_s:.1f} tok/s, {len(gen.ids)} new at "
+              f"{gen.decode_tok_s:.1f} tok/s, stop: {gen.stop}]", file=sys.stderr)
+        return 0
+    try:
+        raw = sys.stdin.read() if a.findings == "-" else Path(a.findings).read_text(encoding="utf-8")
+        items = json.loads(raw)
+    except (OSError, json.JSONDecodeError) as e:
+        raise LineguardError(f"--findings {a.findings}: {e}") from None
+    items = items if isinstance(items, list) else [items]
+    out = []
+    for r in items:
+        if not isinstance(r, dict) or "verdict" not in r:
+            raise LineguardError(f"--findings {a.findings}: each item must be an inspect result with a verdict")
+        if not a.json:
+            print(f"{r.get('path', 'frame')}: ", end="", flush=True)
+        e = ex.explain(r, None if a.json else (lambda t: print(t, end="", flush=True)), **over)
+        if not a.json:
+            print("" if e["consistent"] else f"\n  [inconsistent with the findings: {e['reason']}]")
+        out.append(e)
+    if a.json:
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -187,6 +270,9 @@ def cmd_info(a: argparse.Namespace) -> int:
                 err = (f"max |err| {par['map_max_abs_err']:.3g}" if "map_max_abs_err" in par
                        else f"max |err| {par['map_max_abs_err_rel']:.3g} of the map's range")
                 print(f"         {prec}: map Pearson {par['map_pearson']:.6f}, {err}")
+            elif "teacher_forced_agreement" in par:
+                print(f"         {prec}: {par['identical_sequences']}/{par['prompts']} greedy sequences identical to "
+                      f"transformers, next-token agreement {par['teacher_forced_agreement']:.3f}")
             elif "trt_options" in v:
                 print(f"         {prec}: TensorRT EP options {v['trt_options']}")
         for prec, r in st.get("rejected", {}).items():
@@ -262,7 +348,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a.out, a.seed)
 
 
-COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "info": cmd_info, "calibrate": cmd_calibrate,
+COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "calibrate": cmd_calibrate,
             "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 

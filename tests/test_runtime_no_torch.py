@@ -6,7 +6,8 @@ import sys
 
 RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.engine", "runtime.expert",
                    "runtime.inspect", "runtime.findings", "runtime.overlay", "runtime.preprocess",
-                   "runtime.scoring", "runtime.imageio", "runtime.manifest"]
+                   "runtime.scoring", "runtime.imageio", "runtime.manifest", "runtime.sam", "runtime.defects",
+                   "runtime.llm", "runtime.prompting", "runtime.grounding", "runtime.explain"]
 
 
 def test_import_runtime_does_not_import_torch():
@@ -27,3 +28,24 @@ def test_inspect_runs_with_torch_unimportable(bundle_dir, synth):
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)
     assert len(results) == 2 and all("score" in x for x in results)
+
+
+def test_explain_runs_with_torch_unimportable(tmp_path):
+    pytest = __import__("pytest")
+    pytest.importorskip("transformers", reason="building the test model needs the export extra")
+    from export.llm.export import export_llm
+    from export.llm.tiny import build_tiny
+
+    bundle, _ = export_llm(build_tiny(tmp_path / "m", "llama"), tmp_path / "b", ("int4",))
+    findings = {"path": "f.png", "size": [90, 90], "score": 3.0, "score_norm": 0.9, "verdict": "defect",
+                "defects": [{"box": [2, 2, 20, 20], "cell": "top-left", "area_frac": 0.04, "peak": 1.2}]}
+    (tmp_path / "f.json").write_text(json.dumps([findings]))
+    code = ("import sys\n"
+            "for m in ('torch', 'torchvision', 'transformers', 'onnx'): sys.modules[m] = None\n"
+            "from runtime.cli import main\n"
+            f"sys.exit(main(['explain', {str(bundle)!r}, '--findings', {str(tmp_path / 'f.json')!r}, '--json',"
+            " '--max-new-tokens', '6']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (e,) = json.loads(r.stdout)
+    assert e["precision"] == "int4" and 1 <= e["new_tokens"] <= 6 and "consistent" in e
