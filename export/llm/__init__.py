@@ -1,0 +1,1 @@
+"""The LLM stage's export side: checkpoint checks, the fused and traced decoder graphs, INT4, NF4."""
