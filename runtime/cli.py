@@ -129,6 +129,49 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--threads", type=int, default=0)
     x.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
 
+    sv = sub.add_parser("serve", help="the station: frames in over ZeroMQ, verdicts, masks and explanations out")
+    sv.add_argument("bundle")
+    sv.add_argument("--ingest", default="tcp://127.0.0.1:5555", help="PULL address for frames (wire protocol v1)")
+    sv.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB address for results")
+    sv.add_argument("--imagezmq", help="REP address for unmodified imagezmq senders, e.g. tcp://127.0.0.1:5557")
+    sv.add_argument("--curve-keys", help="folder from `lineguard keys`: encrypt, and refuse clients without a key")
+    sv.add_argument("--db", help="SQLite result store (one row per frame, WAL)")
+    sv.add_argument("--precision", default="fp32", help="expert (and SAM) variant")
+    sv.add_argument("--max-batch", type=_positive(int), default=8, help="expert batch limit")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--hwm", type=_positive(int), default=64, help="ingest socket high-water mark (messages)")
+    sv.add_argument("--queue", type=_positive(int), default=64, help="frames waiting to decode before drops")
+    sv.add_argument("--defect-queue", type=_positive(int), default=16)
+    sv.add_argument("--llm-queue", type=_positive(int), default=8, help="pending explanations (oldest dropped)")
+    sv.add_argument("--threads", type=_positive(int), default=1, help="intra-op threads per session")
+    sv.add_argument("--no-explain", action="store_true", help="serve without the LLM stage")
+    sv.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    sv.add_argument("--drain", type=float, default=10.0, help="seconds to finish queued frames at SIGTERM")
+    sv.add_argument("--max-pixels", type=_positive(int), default=40_000_000, help="largest frame accepted")
+
+    cm = sub.add_parser("camera", help="send frames from a video, stream, device or folder to a runtime")
+    cm.add_argument("--source", required=True, help="video file, rtsp/http URL, device number or image folder")
+    cm.add_argument("--connect", default="tcp://127.0.0.1:5555")
+    cm.add_argument("--fps", type=_positive(float), help="send rate (default: the source's own, folders as fast as sent)")
+    cm.add_argument("--jpeg", type=int, metavar="QUALITY", help="send JPEG at this quality instead of raw pixels")
+    cm.add_argument("--name", default="cam0", help="camera name in every header")
+    cm.add_argument("--max-frames", type=_positive(int))
+    cm.add_argument("--loop", action="store_true", help="start over at the end of a file or folder")
+    cm.add_argument("--timeout-ms", type=_positive(int), default=1000, help="a send waiting longer counts as failed")
+    cm.add_argument("--curve-keys", help="folder with client.key_secret and server.key")
+
+    rs = sub.add_parser("results", help="subscribe to a runtime's results and print or save them")
+    rs.add_argument("--connect", default="tcp://127.0.0.1:5556")
+    rs.add_argument("--topics", default="verdict,explanation,error")
+    rs.add_argument("--out", help="append results.jsonl and save mask PNGs here")
+    rs.add_argument("--count", type=_positive(int), help="stop after N messages")
+    rs.add_argument("--timeout", type=_positive(float), help="stop after this many seconds")
+    rs.add_argument("--json", action="store_true")
+    rs.add_argument("--curve-keys")
+
+    k = sub.add_parser("keys", help="make CURVE key pairs for serve --curve-keys and camera --curve-keys")
+    k.add_argument("folder")
+
     n = sub.add_parser("info", help="verify a bundle and print what it holds")
     n.add_argument("bundle")
     n.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -248,6 +291,41 @@ def cmd_explain(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .bundle import Bundle
+    from .pipeline import ServeConfig
+    from .protocol import Limits
+    from .server import Endpoints, Server
+
+    cfg = ServeConfig(precision=a.precision, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
+                      defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, explain=not a.no_explain,
+                      limits=Limits(max_pixels=a.max_pixels))
+    ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
+    return Server(Bundle.load(a.bundle), cfg, ep, a.db, a.metrics_port).serve(a.drain)
+
+
+def cmd_camera(a: argparse.Namespace) -> int:
+    from .camera import run_camera
+
+    r = run_camera(a.source, a.connect, a.fps, a.jpeg, a.name, a.max_frames, a.loop, a.timeout_ms, a.curve_keys)
+    print(json.dumps(r))
+    return 0 if r["failed"] == 0 else 3
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    from .subscriber import run_results
+
+    return run_results(a.connect, a.topics.split(","), a.out, a.count, a.timeout, a.json, a.curve_keys)
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    from .curve import make_keys
+
+    d = make_keys(a.folder)
+    print(f"wrote CURVE keys to {d}: serve --curve-keys {d}; copy client.key_secret and server.key to each camera")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from .bundle import Bundle
 
@@ -348,7 +426,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a.out, a.seed)
 
 
-COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "calibrate": cmd_calibrate,
+COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "serve": cmd_serve,
+            "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "calibrate": cmd_calibrate,
             "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 

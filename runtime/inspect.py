@@ -15,7 +15,7 @@ from .bundle import Bundle
 from .defects import find_defects
 from .engine import EngineOptions
 from .errors import LineguardError
-from .expert import Expert
+from .expert import Expert, ExpertResult
 from .findings import hottest_region, map_stats
 from .imageio import list_images, read_image
 from .overlay import heat_overlay
@@ -36,6 +36,21 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def describe(frame: np.ndarray, r: ExpertResult, pixel_t: float | None) -> dict[str, Any]:
+    """One frame's verdict record: size, score, verdict, map statistics, hottest region."""
+    return {"size": [int(frame.shape[1]), int(frame.shape[0])], "score": r.score, "score_norm": r.score_norm,
+            "verdict": r.verdict, "map": map_stats(r.anomaly_map),
+            "hottest": hottest_region(r.anomaly_map, frame.shape[:2], pixel_t).to_dict()}
+
+
+def mask_png(defects: list[Any]) -> bytes | None:
+    """The union of a frame's defect masks as a PNG (255 = defect), or None without defects."""
+    if not defects:
+        return None
+    ok, buf = cv2.imencode(".png", np.any([d.mask for d in defects], axis=0).astype(np.uint8) * 255)
+    return buf.tobytes() if ok else None
 
 
 def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Path | None = None,
@@ -68,16 +83,8 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
                 log.error("%s", e)
                 results.append({"path": str(p), "error": str(e)})
         for p, frame, r in zip(chunk, frames, expert(frames) if frames else []):
-            region = hottest_region(r.anomaly_map, frame.shape[:2], pixel_t)
-            res: dict[str, Any] = {
-                "path": str(p),
-                "size": [int(frame.shape[1]), int(frame.shape[0])],
-                "score": r.score,
-                "score_norm": r.score_norm,
-                "verdict": r.verdict,
-                "map": map_stats(r.anomaly_map),
-                "hottest": region.to_dict(),
-            }
+            res = {"path": str(p)} | describe(frame, r, pixel_t)
+            region = res["hottest"]
             defects = []
             if r.verdict == "defect":
                 defects = find_defects(frame, r.anomaly_map, bundle.thresholds, sam, top_k, sam_mode)
@@ -89,13 +96,13 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
                 while dst in used:
                     dst, n = out / f"{p.stem}_{n}_overlay.png", n + 1
                 used.add(dst)
-                boxes = [d.region.box for d in defects] or [region.box]
+                boxes = [d.region.box for d in defects] or [region["box"]]
                 cv2.imwrite(str(dst), heat_overlay(frame, r.anomaly_map, vmin, vmax, boxes))
                 res["overlay"] = str(dst)
                 if defects:
-                    mask = np.any([d.mask for d in defects], axis=0).astype(np.uint8) * 255
-                    cv2.imwrite(str(dst.with_name(dst.name.replace("_overlay.png", "_mask.png"))), mask)
-                    res["mask"] = str(dst.with_name(dst.name.replace("_overlay.png", "_mask.png")))
+                    mpath = dst.with_name(dst.name.replace("_overlay.png", "_mask.png"))
+                    mpath.write_bytes(mask_png(defects) or b"")
+                    res["mask"] = str(mpath)
             results.append(res)
     order = {str(p): i for i, p in enumerate(files)}  # unreadable files were appended first in a chunk
     results.sort(key=lambda r: order[r["path"]])
