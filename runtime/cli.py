@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--llm-queue", type=_positive(int), default=8, help="pending explanations (oldest dropped)")
     sv.add_argument("--threads", type=_positive(int), default=1, help="intra-op threads per session")
     sv.add_argument("--no-explain", action="store_true", help="serve without the LLM stage")
+    sv.add_argument("--artifacts", help="folder for a mask PNG and overlay JPEG per flagged frame")
+    sv.add_argument("--keep-artifacts", type=_positive(int), default=1000, help="frames whose artefacts are kept")
     sv.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on 127.0.0.1:PORT")
     sv.add_argument("--drain", type=float, default=10.0, help="seconds to finish queued frames at SIGTERM")
     sv.add_argument("--max-pixels", type=_positive(int), default=40_000_000, help="largest frame accepted")
@@ -299,7 +301,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = ServeConfig(precision=a.precision, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, explain=not a.no_explain,
-                      limits=Limits(max_pixels=a.max_pixels))
+                      limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
     return Server(Bundle.load(a.bundle), cfg, ep, a.db, a.metrics_port).serve(a.drain)
 

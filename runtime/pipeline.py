@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .artifacts import Artifacts
 from .bundle import Bundle
 from .defects import find_defects
 from .engine import EngineOptions
@@ -45,6 +46,8 @@ class ServeConfig:
     sam_mode: str = "roi"
     explain: bool = True
     limits: Limits = field(default_factory=Limits)
+    artifacts: str | None = None  # mask PNG + overlay JPEG per flagged frame
+    keep_artifacts: int = 1000  # frames whose artefacts are kept; older ones are deleted
 
 
 class Stats:
@@ -107,6 +110,7 @@ class Pipeline:
         self.q_llm: queue.Queue[Any] = queue.Queue(cfg.llm_queue)
         self.llm_lock = threading.Lock()  # dropping the oldest and putting the newest is one step
         self.imagezmq_count = 0
+        self.artifacts = Artifacts(cfg.artifacts, cfg.keep_artifacts) if cfg.artifacts else None
         self.threads = [threading.Thread(target=f, name=n, daemon=True) for n, f in (
             ("decode", self._decode_loop), ("expert", self._expert_loop), ("defects", self._defect_loop),
             ("explain", self._llm_loop))]
@@ -259,9 +263,11 @@ class Pipeline:
             f.ts["masks"] = time.time()
             rec = rec | {"defects": [d.to_dict() for d in defects]}
             png = mask_png(defects)
+            paths = self.artifacts.save(f, r, defects, png, self.bundle.thresholds.get("pixel")) if self.artifacts else {}
             if self.store:
                 self.store.update(f.frame_id, f.camera, f.ts, findings={"hottest": rec["hottest"],
-                                                                        "defects": rec["defects"]})
+                                                                        "defects": rec["defects"]},
+                                  mask_path=paths.get("mask"))
             self.publish("verdict", self._body(f) | rec | {"update": "masks", "ts": dict(f.ts),
                                                           "has_mask": png is not None}, png)
             self.stats.observe("masks", f.ts["masks"] - f.ts["received"])

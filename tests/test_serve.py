@@ -96,7 +96,7 @@ def test_every_frame_is_accounted_for_and_bad_input_gets_errors(served_bundle, s
     try:
         frames = _frames(synth)
         sent = []
-        for i, (name, img) in enumerate(frames):
+        for i, (_name, img) in enumerate(frames):
             fid = f"f{i}"
             if i % 2:
                 ok, buf = cv2.imencode(".jpg", img)
@@ -176,6 +176,186 @@ def test_imagezmq_senders_are_served_unmodified(served_bundle, synth, tmp_path):
         cams = [b["camera"] for t, b, _ in got if t == "verdict" and not b.get("update")]
         assert cams == ["line-cam-7", "line-cam-7"]
         sender.close()
+    finally:
+        code, _ = st.stop()
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def full_bundle(served_bundle, tmp_path_factory) -> Path:
+    """Expert + tiny SAM + tiny LLM: all three stages, as a station runs them."""
+    torch = pytest.importorskip("torch")
+    from export.llm.export import export_llm
+    from export.llm.tiny import build_tiny
+    from export.sam.checkpoint import build_sam, parse_arch
+    from export.sam.export import export_sam
+
+    root = tmp_path_factory.mktemp("full")
+    b = root / "bundle"
+    shutil.copytree(served_bundle, b)
+    torch.manual_seed(0)
+    ck = root / "sam.pth"
+    torch.save(build_sam(parse_arch("custom:64:2:2:1"), 256).state_dict(), ck)
+    export_sam(ck, "custom:64:2:2:1", b, image_size=256)
+    export_llm(build_tiny(root / "llm", "qwen2"), b, ("int4",))
+    m = json.loads((b / "manifest.json").read_text())
+    m["stages"]["llm"]["prompt"]["sampling"]["max_new_tokens"] = 12  # a short explanation keeps the test quick
+    (b / "manifest.json").write_text(json.dumps(m))
+    return b
+
+
+def _video(synth: Path, path: Path, n: int = 12) -> Path:
+    frames = [read_image(p) for p in list_images(synth / "test", recursive=True)]
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (w, h))
+    for i in range(n):
+        vw.write(frames[i % len(frames)])
+    vw.release()
+    return path
+
+
+def test_camera_video_to_verdicts_masks_and_explanations(full_bundle, synth, tmp_path):
+    art = tmp_path / "art"
+    st = Station(full_bundle, tmp_path, "--artifacts", str(art), "--keep-artifacts", "3")
+    try:
+        assert st.ready["health"] == {"expert": st.ready["health"]["expert"], "sam": "ok", "llm": "ok"}
+        video = _video(synth, tmp_path / "line.avi", 12)
+        r = lg("camera", "--source", video, "--connect", st.ingest, "--fps", "20", "--name", "line1")
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout)
+        assert report["sent"] == 12 and report["failed"] == 0
+        ids = {f"line1-{i}" for i in range(12)}
+        got = st.collect(lambda g: {b["frame_id"] for t, b, _ in g if t == "verdict" and not b.get("update")} >= ids)
+        verdicts = {b["frame_id"]: b for t, b, _ in got if t == "verdict" and not b.get("update")}
+        flagged = {f for f, b in verdicts.items() if b["verdict"] == "defect"}
+        assert flagged
+        got += st.collect(lambda g: {b["frame_id"] for t, b, _ in g if t == "explanation"} >=
+                          flagged - {b["frame_id"] for t, b, _ in got if t == "explanation"}, 120)
+        masks = {b["frame_id"]: b for t, b, _ in got if b.get("update") == "masks"}
+        expl = {b["frame_id"]: b for t, b, _ in got if t == "explanation"}
+        assert set(masks) == set(expl) == flagged
+        assert all(d["mask_source"] in ("sam", "expert") for b in masks.values() for d in b["defects"])
+        assert any(d["mask_source"] == "sam" for b in masks.values() for d in b["defects"])
+        e = next(iter(expl.values()))
+        assert e["explanation"]["new_tokens"] >= 1 and "consistent" in e["explanation"] and "explained" in e["ts"]
+        assert len(list(art.glob("*_overlay.jpg"))) == min(3, len(flagged))  # retention holds
+    finally:
+        code, summary = st.stop()
+    assert code == 0 and summary["counts"]["verdicts"] == 12
+    rows = sqlite3.connect(st.db).execute("SELECT frame_id, explanation, mask_path FROM results WHERE verdict='defect'")
+    rows = {r[0]: r for r in rows}
+    assert set(rows) == flagged and all(json.loads(r[1])["text"] is not None for r in rows.values())
+
+
+def test_a_broken_llm_degrades_to_verdicts_and_masks(full_bundle, synth, tmp_path):
+    b = tmp_path / "broken"
+    shutil.copytree(full_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["stages"]["llm"]["prompt"]["user"] = "{% if %}"  # the stage fails to load; the station serves on
+    (b / "manifest.json").write_text(json.dumps(m))
+    st = Station(b, tmp_path)
+    try:
+        assert st.ready["health"]["llm"].startswith("degraded") and st.ready["health"]["sam"] == "ok"
+        frames = _frames(synth)
+        for i, (_, img) in enumerate(frames):
+            st.send(encode_frame(f"d{i}", "camA", image=img))
+        got = st.collect(lambda g: len({b["frame_id"] for t, b, _ in g if t == "verdict" and not b.get("update")})
+                         >= len(frames))
+        assert not [1 for t, _, _ in got if t == "explanation"]
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{st.ports['metrics']}/healthz").read())
+        assert health["status"] == "degraded" and "does not parse" in health["stages"]["llm"]
+    finally:
+        code, _ = st.stop()
+    assert code == 0
+
+
+def test_kill_9_loses_nothing_a_subscriber_saw_and_the_store_reopens(served_bundle, synth, tmp_path):
+    st = Station(served_bundle, tmp_path)
+    frames = _frames(synth)
+    for i, (_, img) in enumerate(frames):
+        st.send(encode_frame(f"k{i}", "camA", image=img))
+    got = st.collect(lambda g: len([1 for t, b, _ in g if t == "verdict" and not b.get("update")]) >= 3)
+    seen = {b["frame_id"] for t, b, _ in got if t == "verdict" and not b.get("update")}
+    st.proc.kill()
+    st.proc.wait()
+    stored = {r[0] for r in sqlite3.connect(st.db).execute("SELECT frame_id FROM results WHERE status='verdict'")}
+    assert seen <= stored
+    st.push.close(0)
+    st.sub.close(0)
+    st.ctx.term()
+    # a restart on the same store appends to it
+    st2 = Station(served_bundle, tmp_path)
+    try:
+        st2.send(encode_frame("after-restart", "camA", image=frames[0][1]))
+        st2.collect(lambda g: any(b["frame_id"] == "after-restart" for _, b, _ in g))
+    finally:
+        code, _ = st2.stop()
+    assert code == 0
+    stored2 = {r[0] for r in sqlite3.connect(st.db).execute("SELECT frame_id FROM results")}
+    assert seen | {"after-restart"} <= stored2
+
+
+def test_sigterm_drains_queued_frames(served_bundle, synth, tmp_path):
+    st = Station(served_bundle, tmp_path, "--max-batch", "2")
+    frames = _frames(synth)
+    n = 24
+    for i in range(n):
+        st.send(encode_frame(f"s{i}", "camA", image=frames[i % len(frames)][1]))
+    time.sleep(0.3)  # in the server's queues, most not inspected yet
+    code, summary = st.stop()
+    assert code == 0 and summary["drained"]
+    rows = dict(sqlite3.connect(st.db).execute("SELECT frame_id, status FROM results").fetchall())
+    # every frame the server took in ends as a verdict or a counted drop, none vanish
+    assert summary["counts"]["received"] == len(rows)
+    assert summary["counts"].get("verdicts", 0) + summary["counts"].get("dropped", 0) == summary["counts"]["received"]
+
+
+def test_backpressure_drops_are_counted_per_camera(served_bundle, synth, tmp_path):
+    st = Station(served_bundle, tmp_path, "--queue", "1", "--max-batch", "1", "--hwm", "1000")
+    try:
+        frames = _frames(synth)
+        big = cv2.resize(frames[0][1], (1024, 1024))
+        n = 40
+        for i in range(n):
+            st.send(encode_frame(f"b{i}", "camZ", image=big))
+        got = st.collect(lambda g: len({b["frame_id"] for t, b, _ in g if not b.get("update")}) >= n, 120)
+        outcome = {}
+        for t, b, _ in got:
+            if not b.get("update"):
+                outcome.setdefault(b["frame_id"], "dropped" if b.get("code") == "dropped" else t)
+        assert set(outcome) == {f"b{i}" for i in range(n)}  # each frame: a verdict or a dropped error
+        drops = sum(v == "dropped" for v in outcome.values())
+        assert drops > 0 and drops + sum(v == "verdict" for v in outcome.values()) == n
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{st.ports['metrics']}/healthz").read())
+        assert health["dropped"] == {"camZ": {"ingest": drops}}
+    finally:
+        st.stop()
+
+
+def test_curve_refuses_a_client_without_the_key(served_bundle, synth, tmp_path):
+    keys = tmp_path / "keys"
+    assert lg("keys", keys).returncode == 0
+    st = Station(served_bundle, tmp_path, "--curve-keys", str(keys))
+    try:
+        # the test's own plain PUSH/SUB never get through the handshake: nothing arrives
+        st.send(encode_frame("plain", "camA", image=_frames(synth)[0][1]))
+        assert st.collect(lambda g: bool(g), timeout=2.0) == []
+        # a camera with the client key does
+        folder = tmp_path / "one"
+        folder.mkdir()
+        cv2.imwrite(str(folder / "a.png"), _frames(synth)[0][1])
+        from runtime.curve import curve_client
+
+        sub = st.ctx.socket(zmq.SUB)
+        curve_client(sub, keys)
+        sub.setsockopt(zmq.SUBSCRIBE, b"verdict")
+        sub.connect(st.publish)
+        time.sleep(0.5)
+        r = lg("camera", "--source", folder, "--connect", st.ingest, "--curve-keys", keys, "--name", "secure")
+        assert r.returncode == 0 and json.loads(r.stdout)["sent"] == 1
+        assert sub.poll(30000), "the keyed camera's frame produced a verdict"
+        assert json.loads(sub.recv_multipart()[1])["camera"] == "secure"
+        sub.close(0)
     finally:
         code, _ = st.stop()
     assert code == 0
