@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue", type=_positive(int), default=64, help="frames waiting to decode before drops")
     sv.add_argument("--defect-queue", type=_positive(int), default=16)
     sv.add_argument("--llm-queue", type=_positive(int), default=8, help="pending explanations (oldest dropped)")
-    sv.add_argument("--threads", type=_positive(int), default=1, help="intra-op threads per session")
+    sv.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: every core)")
+    sv.add_argument("--spinning", action="store_true", help="let ONNX Runtime's workers spin (off: they yield)")
     sv.add_argument("--no-explain", action="store_true", help="serve without the LLM stage")
     sv.add_argument("--artifacts", help="folder for a mask PNG and overlay JPEG per flagged frame")
     sv.add_argument("--keep-artifacts", type=_positive(int), default=1000, help="frames whose artefacts are kept")
@@ -300,7 +301,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .server import Endpoints, Server
 
     cfg = ServeConfig(precision=a.precision, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
-                      defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, explain=not a.no_explain,
+                      defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
     return Server(Bundle.load(a.bundle), cfg, ep, a.db, a.metrics_port).serve(a.drain)

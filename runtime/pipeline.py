@@ -41,7 +41,8 @@ class ServeConfig:
     decode_queue: int = 64  # frames waiting to be decoded; beyond this the ingest drops (counted)
     defect_queue: int = 16
     llm_queue: int = 8
-    threads: int = 1  # intra-op threads per session (several sessions share the cores)
+    threads: int = 0  # intra-op threads per session, 0 = every core (measured best with spinning off)
+    spinning: bool = False  # spinning workers steal the cores the other stages' sessions need
     top_k: int = 3
     sam_mode: str = "roi"
     explain: bool = True
@@ -96,7 +97,7 @@ class Pipeline:
                  store: ResultStore | None = None, opts: EngineOptions | None = None) -> None:
         self.bundle, self.cfg, self.publish, self.store = bundle, cfg, publish, store
         self.stats = Stats()
-        opts = opts or EngineOptions(threads=cfg.threads)
+        opts = opts or EngineOptions(threads=cfg.threads, spinning=cfg.spinning)
         self.health: dict[str, str] = {}
         self.expert = Expert(bundle, cfg.precision, opts)
         self.health["expert"] = f"ok ({self.expert.engine.provider})"
