@@ -220,6 +220,11 @@ def test_camera_video_to_verdicts_masks_and_explanations(full_bundle, synth, tmp
     try:
         assert st.ready["health"] == {"expert": st.ready["health"]["expert"], "sam": "ok", "llm": "ok"}
         video = _video(synth, tmp_path / "line.avi", 12)
+        saved = tmp_path / "saved"
+        subscriber = subprocess.Popen([sys.executable, "-m", "runtime.cli", "results", "--connect", st.publish,
+                                       "--topics", "verdict", "--count", "12", "--json", "--out", str(saved)],
+                                      stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # its subscription reaches the server before the first frame
         r = lg("camera", "--source", video, "--connect", st.ingest, "--fps", "20", "--name", "line1")
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
@@ -239,6 +244,9 @@ def test_camera_video_to_verdicts_masks_and_explanations(full_bundle, synth, tmp
         e = next(iter(expl.values()))
         assert e["explanation"]["new_tokens"] >= 1 and "consistent" in e["explanation"] and "explained" in e["ts"]
         assert len(list(art.glob("*_overlay.jpg"))) == min(3, len(flagged))  # retention holds
+        lines = [json.loads(x) for x in subscriber.communicate(timeout=60)[0].splitlines()]
+        assert len(lines) == 12 and all(x["topic"] == "verdict" for x in lines)
+        assert len((saved / "results.jsonl").read_text().splitlines()) == 12
     finally:
         code, summary = st.stop()
     assert code == 0 and summary["counts"]["verdicts"] == 12
@@ -359,3 +367,10 @@ def test_curve_refuses_a_client_without_the_key(served_bundle, synth, tmp_path):
     finally:
         code, _ = st.stop()
     assert code == 0
+
+
+def test_camera_refuses_a_missing_source_in_one_line(tmp_path):
+    r = lg("camera", "--source", tmp_path / "nope.avi", "--connect", "tcp://127.0.0.1:1")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such file, folder, device number or URL" in r.stderr
+    r = lg("serve", tmp_path / "missing-bundle")
+    assert r.returncode == 1 and "no such bundle directory" in r.stderr
