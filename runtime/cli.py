@@ -172,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--json", action="store_true")
     rs.add_argument("--curve-keys")
 
+    bn = sub.add_parser("bench", help="does this bundle keep up with the line? open-loop load over ZeroMQ, PASS/FAIL")
+    bn.add_argument("bundle", nargs="?", help="bundle to serve (omit with --connect)")
+    bn.add_argument("--images", required=True, help="MVTec-layout category or a flat folder of frames")
+    bn.add_argument("--rate", type=_positive(float), required=True, help="target line rate, frames/s")
+    bn.add_argument("--duration", type=_positive(float), default=10.0, help="seconds of load per step")
+    bn.add_argument("--defect-rate", type=float, default=0.05, help="share of defect frames sent")
+    bn.add_argument("--max-latency-ms", type=_positive(float), default=250.0, help="p99 send → verdict limit")
+    bn.add_argument("--sweep", action="store_true", help="step the rate ×1.5 until the limit breaks")
+    bn.add_argument("--connect", nargs=2, metavar=("INGEST", "PUBLISH"), help="a running serve instead of a new one")
+    bn.add_argument("--out", help="write report.json, samples.csv (and curve.csv/png with --sweep) here")
+    bn.add_argument("--grace", type=_positive(float), default=30.0, help="seconds to wait for late results")
+    bn.add_argument("--serve-args", default="", help="extra arguments for the served process, e.g. '--max-batch 4'")
+    bn.add_argument("--json", action="store_true", help="print report.json instead of the table")
+
     k = sub.add_parser("keys", help="make CURVE key pairs for serve --curve-keys and camera --curve-keys")
     k.add_argument("folder")
 
@@ -321,6 +335,23 @@ def cmd_results(a: argparse.Namespace) -> int:
     return run_results(a.connect, a.topics.split(","), a.out, a.count, a.timeout, a.json, a.curve_keys)
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    import shlex
+
+    from .bench import run_bench, table
+
+    if not a.connect and not a.bundle:
+        raise LineguardError("give a BUNDLE to serve, or --connect INGEST PUBLISH for a running one")
+    if not 0 <= a.defect_rate <= 1:
+        raise LineguardError(f"--defect-rate {a.defect_rate}: must be between 0 and 1")
+    ok, report = run_bench(a.bundle, a.images, a.rate, a.duration, a.defect_rate, a.max_latency_ms, a.sweep,
+                           tuple(a.connect) if a.connect else None, shlex.split(a.serve_args), a.out, a.grace)
+    print(json.dumps(report, indent=2) if a.json else table(report))
+    if report["result"]["unaccounted"]:
+        return 4  # the server did not answer every frame: a partial report
+    return 0 if ok else 3
+
+
 def cmd_keys(a: argparse.Namespace) -> int:
     from .curve import make_keys
 
@@ -430,7 +461,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "serve": cmd_serve,
-            "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "calibrate": cmd_calibrate,
+            "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "bench": cmd_bench, "calibrate": cmd_calibrate,
             "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 

@@ -43,3 +43,17 @@ def bundle_dir(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tile"
     return export_patchcore(synth, out, PatchCoreConfig(size=SIZE, coreset=0.25, seed=0), progress=False)
+
+
+@pytest.fixture(scope="session")
+def served_bundle(bundle_dir: Path, synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The expert bundle calibrated (F1 rule on the generated test set): it gives verdicts."""
+    import shutil
+
+    from helpers import lg
+
+    b = tmp_path_factory.mktemp("serve") / "bundle"
+    shutil.copytree(bundle_dir, b)
+    r = lg("calibrate", b, "--dataset", synth, "--rule", "f1")
+    assert r.returncode == 0, r.stderr
+    return b
