@@ -192,6 +192,12 @@ class Pipeline:
                     self.stats.errors[e.code] += 1
                 self._error(e.frame_id, e.camera, e.reason, e.code, {"received": received})
                 continue
+            except Exception as e:  # never let one message end the decode thread
+                log.exception("decoding failed")
+                with self.stats.lock:
+                    self.stats.errors["stage_failed"] += 1
+                self._error(None, None, f"decoding failed: {e}", "stage_failed", {"received": received})
+                continue
             frame.ts["decoded"] = time.time()
             self.q_expert.put(frame)  # bounded: the decoder waits for the expert, the ingest queue absorbs
 
@@ -212,7 +218,12 @@ class Pipeline:
                     stopping = True
                     break
                 batch.append(nxt)
-            self._run_expert(batch)
+            try:
+                self._run_expert(batch)
+            except Exception as e:  # a bug or a full disk: these frames get errors, the thread lives on
+                log.exception("expert stage failed")
+                for f in batch:
+                    self._error(f.frame_id, f.camera, f"expert stage failed: {e}", "stage_failed", f.ts)
         self.q_defect.put(STOP)
 
     def _run_expert(self, batch: list[Frame]) -> None:
@@ -226,26 +237,32 @@ class Pipeline:
         t1 = time.time()
         with self.stats.lock:
             self.stats.batches.append(len(batch))
-        pixel_t = self.bundle.thresholds.get("pixel")
         for f, r in zip(batch, results):
             f.ts |= {"expert_start": t0, "expert_done": t1}
-            rec = describe(f.image, r, pixel_t)
-            body = self._body(f) | rec
-            if self.store:
-                self.store.verdict(f.frame_id, f.camera, rec | {"findings": {"hottest": rec["hottest"]}}, f.ts)
-            f.ts["verdict"] = time.time()
-            body["ts"] = dict(f.ts)
-            self.publish("verdict", body, None)
-            self.stats.inc("verdicts")
-            with self.stats.lock:
-                self.stats.verdicts[str(r.verdict)] += 1
-            self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
-            if r.verdict == "defect":
-                try:
-                    self.q_defect.put_nowait((f, r, rec))
-                except queue.Full:
-                    self.stats.drop(f.camera, "defects")
-                    self._note_drop(f, "defects", "masks dropped: the defect queue is full")
+            try:
+                self._verdict(f, r)
+            except Exception as e:  # this frame only; its batch mates keep their verdicts
+                log.exception("verdict failed on %s", f.frame_id)
+                self._error(f.frame_id, f.camera, f"verdict failed: {e}", "stage_failed", f.ts)
+
+    def _verdict(self, f: Frame, r: Any) -> None:
+        rec = describe(f.image, r, self.bundle.thresholds.get("pixel"))
+        body = self._body(f) | rec
+        if self.store:
+            self.store.verdict(f.frame_id, f.camera, rec | {"findings": {"hottest": rec["hottest"]}}, f.ts)
+        f.ts["verdict"] = time.time()
+        body["ts"] = dict(f.ts)
+        self.publish("verdict", body, None)
+        self.stats.inc("verdicts")
+        with self.stats.lock:
+            self.stats.verdicts[str(r.verdict)] += 1
+        self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
+        if r.verdict == "defect":
+            try:
+                self.q_defect.put_nowait((f, r, rec))
+            except queue.Full:
+                self.stats.drop(f.camera, "defects")
+                self._note_drop(f, "defects", "masks dropped: the defect queue is full")
 
     def _defect_loop(self) -> None:
         while True:
@@ -255,25 +272,27 @@ class Pipeline:
                 return
             f, r, rec = item
             try:
-                defects = find_defects(f.image, r.anomaly_map, self.bundle.thresholds, self.sam, self.cfg.top_k,
-                                       self.cfg.sam_mode)
-            except Exception as e:
+                self._defects(f, r, rec)
+            except Exception as e:  # one frame's failure: an error for it, the stage goes on
                 log.exception("defect stage failed on %s", f.frame_id)
                 self._error(f.frame_id, f.camera, f"defect stage failed: {e}", "stage_failed", f.ts, status="verdict")
-                continue
-            f.ts["masks"] = time.time()
-            rec = rec | {"defects": [d.to_dict() for d in defects]}
-            png = mask_png(defects)
-            paths = self.artifacts.save(f, r, defects, png, self.bundle.thresholds.get("pixel")) if self.artifacts else {}
-            if self.store:
-                self.store.update(f.frame_id, f.camera, f.ts, findings={"hottest": rec["hottest"],
-                                                                        "defects": rec["defects"]},
-                                  mask_path=paths.get("mask"))
-            self.publish("verdict", self._body(f) | rec | {"update": "masks", "ts": dict(f.ts),
-                                                          "has_mask": png is not None}, png)
-            self.stats.observe("masks", f.ts["masks"] - f.ts["received"])
-            if self.explainer is not None:
-                self._queue_explanation(f, rec)
+
+    def _defects(self, f: Frame, r: Any, rec: dict[str, Any]) -> None:
+        defects = find_defects(f.image, r.anomaly_map, self.bundle.thresholds, self.sam, self.cfg.top_k,
+                               self.cfg.sam_mode)
+        f.ts["masks"] = time.time()
+        rec = rec | {"defects": [d.to_dict() for d in defects]}
+        png = mask_png(defects)
+        paths = self.artifacts.save(f, r, defects, png, self.bundle.thresholds.get("pixel")) if self.artifacts else {}
+        if self.store:
+            self.store.update(f.frame_id, f.camera, f.ts, findings={"hottest": rec["hottest"],
+                                                                    "defects": rec["defects"]},
+                              mask_path=paths.get("mask"))
+        self.publish("verdict", self._body(f) | rec | {"update": "masks", "ts": dict(f.ts),
+                                                      "has_mask": png is not None}, png)
+        self.stats.observe("masks", f.ts["masks"] - f.ts["received"])
+        if self.explainer is not None:
+            self._queue_explanation(f, rec)
 
     def _queue_explanation(self, f: Frame, rec: dict[str, Any]) -> None:
         with self.llm_lock:
@@ -294,13 +313,13 @@ class Pipeline:
             f, rec = item
             try:
                 e = self.explainer.explain(rec)
-            except Exception as exc:
+                f.ts["explained"] = time.time()
+                if self.store:
+                    self.store.update(f.frame_id, f.camera, f.ts, explanation=e)
+            except Exception as exc:  # one frame's failure: an error for it, the stage goes on
                 log.exception("explanation failed on %s", f.frame_id)
                 self._error(f.frame_id, f.camera, f"explanation failed: {exc}", "stage_failed", f.ts, status="verdict")
                 continue
-            f.ts["explained"] = time.time()
-            if self.store:
-                self.store.update(f.frame_id, f.camera, f.ts, explanation=e)
             self.publish("explanation", self._body(f) | {"explanation": e, "ts": dict(f.ts)}, None)
             self.stats.inc("explanations")
             self.stats.observe("explanation", f.ts["explained"] - f.ts["received"])
