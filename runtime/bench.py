@@ -207,7 +207,7 @@ def plot_curve(steps: list[dict[str, Any]], path: Path, max_latency_ms: float | 
 def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10.0, defect_rate: float = 0.05,
               max_latency_ms: float = 250.0, sweep: bool = False, connect: tuple[str, str] | None = None,
               serve_args: list[str] | None = None, out: str | None = None, grace_s: float = 30.0,
-              seed: int = 0) -> tuple[bool, dict[str, Any]]:
+              seed: int = 0, step: float = 1.5, max_steps: int = 12) -> tuple[bool, dict[str, Any]]:
     pools = image_pools(images, seed=seed)
     if defect_rate > 0 and not pools[1]:
         raise LineguardError(f"--images {images}: no defect images (MVTec test/<defect> folders) for --defect-rate "
@@ -219,7 +219,7 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
     steps, samples = [], []
     try:
         r_now = rate
-        for k in range(12 if sweep else 1):
+        for k in range(max_steps if sweep else 1):
             rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,
                                     f"s{k}-", pid)
             ok, why = verdict_of(rep, r_now, max_latency_ms)
@@ -228,7 +228,7 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
             print(_line(rep), file=sys.stderr, flush=True)
             if not ok:
                 break
-            r_now = round(r_now * 1.5, 2)
+            r_now = round(r_now * step, 2)
         health = served.health() if served else {}
     finally:
         summary = served.stop() if served else {}
