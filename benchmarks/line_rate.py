@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--defect-rate", type=float, default=0.05)
     ap.add_argument("--max-latency-ms", type=float, default=500.0)
     ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--start", type=float, default=0.3, help="first sweep rate, as a share of the ceiling")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/line_rate"))
     a = ap.parse_args()
     bundle_path, data = build(a.work)
@@ -111,7 +112,7 @@ def main() -> None:
     ceil = ceiling(bundle, frames)
     from runtime.bench import run_bench
 
-    _, rep = run_bench(str(bundle_path), str(data), rate=round(0.6 * ceil["fps"], 2), duration=a.duration,
+    _, rep = run_bench(str(bundle_path), str(data), rate=round(a.start * ceil["fps"], 2), duration=a.duration,
                        defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.1,
                        out=str(a.out.with_name(a.out.name + "_sweep")))
     best = rep.get("max_sustainable_fps")
