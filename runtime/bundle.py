@@ -111,6 +111,18 @@ class Bundle:
         return self.manifest["normalization"]
 
 
+def existing(path: str | os.PathLike) -> Bundle | None:
+    """The bundle at ``path`` that an export adds a stage to; None where there is none yet.
+    Something there that is not a usable bundle is refused rather than overwritten."""
+    target = Path(path)
+    if not target.exists():
+        return None
+    try:
+        return Bundle.load(target)
+    except BundleError as e:
+        raise BundleError(f"--bundle {target}: exists but is not a usable bundle ({e})") from None
+
+
 def new_manifest(product: str) -> dict[str, Any]:
     return {
         "format": FORMAT,

@@ -128,3 +128,16 @@ def test_input_spec_roundtrip_and_errors():
         InputSpec.from_dict({"name": "x", "width": 3})
     with pytest.raises(BundleError, match="color is 'HSV'"):
         InputSpec.from_dict({**spec.to_dict(), "color": "HSV"})
+
+
+def test_existing_returns_none_the_bundle_or_refuses_what_is_not_one(bundle_dir, tmp_path):
+    import pytest as _pytest
+
+    from runtime.bundle import existing
+    from runtime.errors import BundleError
+
+    assert existing(tmp_path / "none-yet") is None
+    assert existing(bundle_dir).root == bundle_dir
+    (tmp_path / "junk").mkdir()
+    with _pytest.raises(BundleError, match="exists but is not a usable bundle .*manifest.json: missing"):
+        existing(tmp_path / "junk")

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.bundle import Bundle, BundleWriter
+from runtime.bundle import BundleWriter, existing
 from runtime.engine import EngineOptions
-from runtime.errors import BundleError, LineguardError
+from runtime.errors import LineguardError
 from runtime.llm import CausalLM, Sampling
 from runtime.prompting import DEFAULT_PROMPT
 
@@ -206,12 +206,7 @@ def export_llm(model_dir: str | Path, bundle: str | Path, precisions: tuple[str,
     if nf4:
         nf4_available()  # refuse before any work when NF4 cannot run here
     target = Path(bundle)
-    base = None
-    if target.exists():
-        try:
-            base = Bundle.load(target)
-        except BundleError as e:
-            raise LineguardError(f"--bundle {target}: exists but is not a usable bundle ({e})") from None
+    base = existing(target)
     model = load_model(ck)
     prompts, eos = parity_prompts(ck), eos_ids(ck)
     refs = reference_tokens(model, prompts, eos, ck.config.get("pad_token_id"))

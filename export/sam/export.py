@@ -11,9 +11,9 @@ import torch
 from segment_anything import SamPredictor
 
 from calibration.metrics import mask_iou as iou
-from runtime.bundle import Bundle, BundleWriter
+from runtime.bundle import Bundle, BundleWriter, existing
 from runtime.engine import Engine, EngineOptions
-from runtime.errors import BundleError, LineguardError
+from runtime.errors import LineguardError
 from runtime.manifest import InputSpec
 from runtime.sam import SamStage
 
@@ -69,12 +69,7 @@ def export_sam(checkpoint: str | Path, model_type: str, bundle: str | Path, imag
     arch = parse_arch(model_type)
     sam, prov = load_sam(checkpoint, arch, image_size)
     target = Path(bundle)
-    base = None
-    if target.exists():
-        try:
-            base = Bundle.load(target)
-        except BundleError as e:
-            raise LineguardError(f"--bundle {target}: exists but is not a usable bundle ({e})") from None
+    base = existing(target)
     grid = image_size // 16
     with BundleWriter(target, base=base, product=product or (base.product if base else "part")) as w:
         for rel in [f for f in w.manifest["files"] if f.startswith("sam/")]:  # old SAM graphs and variants
