@@ -130,23 +130,24 @@ def run_step(ctx: zmq.Context, ingest: str, publish: str, pools: tuple[list, lis
     col = Collector(ctx, publish)
     col.start()
     time.sleep(0.5)  # PUB/SUB: the subscription must reach the server before the first frame
-    cpu0, _ = _proc_stats(pid) if pid else (float("nan"), 0)
-    w0 = time.time()
-    gen = send_open_loop(ctx, ingest, col, pools[0], pools[1], rate, duration, defect_rate, seed, prefix)
-    if gen["generated_fps"] < 0.95 * rate:
+    try:
+        cpu0, _ = _proc_stats(pid) if pid else (float("nan"), 0)
+        w0 = time.time()
+        gen = send_open_loop(ctx, ingest, col, pools[0], pools[1], rate, duration, defect_rate, seed, prefix)
+        if gen["generated_fps"] < 0.95 * rate:
+            raise LineguardError(f"the load generator reached only {gen['generated_fps']} fps of the {rate} asked on "
+                                 "this machine (lower --rate or use a faster sender); the station was not measured")
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            with col.lock:
+                open_ = [s for s in col.samples.values() if s.verdict_at is None and not s.error]
+                pending = [s for s in col.samples.values() if s.verdict == "defect" and s.masks_at is None]
+            if not open_ and not pending:
+                break
+            time.sleep(0.05)
+        cpu1, rss = _proc_stats(pid) if pid else (float("nan"), float("nan"))
+    finally:
         col.close()
-        raise LineguardError(f"the load generator reached only {gen['generated_fps']} fps of the {rate} asked on this "
-                             "machine (lower --rate or use a faster sender); the station was not measured")
-    end = time.monotonic() + grace_s
-    while time.monotonic() < end:
-        with col.lock:
-            open_ = [s for s in col.samples.values() if s.verdict_at is None and not s.error]
-            pending = [s for s in col.samples.values() if s.verdict == "defect" and s.masks_at is None]
-        if not open_ and not pending:
-            break
-        time.sleep(0.05)
-    cpu1, rss = _proc_stats(pid) if pid else (float("nan"), float("nan"))
-    col.close()
     samples = list(col.samples.values())
     rep = summarize(samples, gen, duration)
     rep |= {"server_cpu_percent": round(100 * (cpu1 - cpu0) / (time.time() - w0), 1) if pid else None,
@@ -207,7 +208,8 @@ def plot_curve(steps: list[dict[str, Any]], path: Path, max_latency_ms: float | 
 def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10.0, defect_rate: float = 0.05,
               max_latency_ms: float = 250.0, sweep: bool = False, connect: tuple[str, str] | None = None,
               serve_args: list[str] | None = None, out: str | None = None, grace_s: float = 30.0,
-              seed: int = 0, step: float = 1.5, max_steps: int = 12) -> tuple[bool, dict[str, Any]]:
+              seed: int = 0, step: float = 1.5, max_steps: int = 12,
+              warmup_s: float = 2.0) -> tuple[bool, dict[str, Any]]:
     pools = image_pools(images, seed=seed)
     if defect_rate > 0 and not pools[1]:
         raise LineguardError(f"--images {images}: no defect images (MVTec test/<defect> folders) for --defect-rate "
@@ -218,6 +220,9 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
     ctx = zmq.Context()
     steps, samples = [], []
     try:
+        if warmup_s > 0:  # first batches, lazy allocations, caches: not the line's steady state
+            run_step(ctx, ingest, publish, pools, rate, warmup_s, defect_rate, min(grace_s, 5.0), seed + 1000, "w-",
+                     pid)
         r_now = rate
         for k in range(max_steps if sweep else 1):
             rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,

@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--connect", nargs=2, metavar=("INGEST", "PUBLISH"), help="a running serve instead of a new one")
     bn.add_argument("--out", help="write report.json, samples.csv (and curve.csv/png with --sweep) here")
     bn.add_argument("--grace", type=_positive(float), default=30.0, help="seconds to wait for late results")
+    bn.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load before measuring")
     bn.add_argument("--serve-args", default="", help="extra arguments for the served process, e.g. '--max-batch 4'")
     bn.add_argument("--json", action="store_true", help="print report.json instead of the table")
 
@@ -345,7 +346,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if not 0 <= a.defect_rate <= 1:
         raise LineguardError(f"--defect-rate {a.defect_rate}: must be between 0 and 1")
     ok, report = run_bench(a.bundle, a.images, a.rate, a.duration, a.defect_rate, a.max_latency_ms, a.sweep,
-                           tuple(a.connect) if a.connect else None, shlex.split(a.serve_args), a.out, a.grace)
+                           tuple(a.connect) if a.connect else None, shlex.split(a.serve_args), a.out, a.grace,
+                           warmup_s=a.warmup)
     print(json.dumps(report, indent=2) if a.json else table(report))
     if report["result"]["unaccounted"]:
         return 4  # the server did not answer every frame: a partial report
