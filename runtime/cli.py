@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--curve-keys", help="folder from `lineguard keys`: encrypt, and refuse clients without a key")
     sv.add_argument("--db", help="SQLite result store (one row per frame, WAL)")
     sv.add_argument("--precision", default="fp32", help="expert (and SAM) variant")
+    sv.add_argument("--sam-precision", help="SAM variant if not the expert's (e.g. int8 next to an fp32 expert)")
+    sv.add_argument("--background-threads", type=int, default=1,
+                    help="intra-op threads for SAM and the LLM (0: every core)")
+    sv.add_argument("--background-nice", type=int, default=10,
+                    help="lower SAM's and the LLM's OS priority by this much (0: same as the expert)")
     sv.add_argument("--max-batch", type=_positive(int), default=8, help="expert batch limit")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     sv.add_argument("--hwm", type=_positive(int), default=64, help="ingest socket high-water mark (messages)")
@@ -317,9 +322,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = ServeConfig(precision=a.precision, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain,
+                      sam_precision=a.sam_precision, background_threads=a.background_threads,
+                      background_nice=a.background_nice,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
-    return Server(Bundle.load(a.bundle), cfg, ep, a.db, a.metrics_port).serve(a.drain)
+    bundle = Bundle.load(a.bundle)
+    if a.sam_precision and bundle.has_stage("sam") and a.sam_precision not in bundle.stage("sam")["variants"]:
+        raise LineguardError(f"--sam-precision {a.sam_precision}: the bundle's SAM has "
+                             f"{', '.join(bundle.stage('sam')['variants'])}")
+    return Server(bundle, cfg, ep, a.db, a.metrics_port).serve(a.drain)
 
 
 def cmd_camera(a: argparse.Namespace) -> int:

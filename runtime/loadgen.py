@@ -57,6 +57,7 @@ class Sample:
     masks_at: float | None = None
     explained_at: float | None = None
     error: str | None = None
+    late_error: str | None = None  # after the verdict: masks or explanation dropped or failed
     server_ts: dict[str, float] = field(default_factory=dict)
 
 
@@ -95,6 +96,8 @@ class Collector(threading.Thread):
                     s.server_ts = body.get("ts", s.server_ts)
                 elif topic == "error" and s.verdict_at is None:
                     s.error = body.get("code")
+                elif topic == "error":
+                    s.late_error = body.get("code")
 
     def close(self) -> None:
         self.stop_flag.set()

@@ -6,17 +6,22 @@ The verdict path never waits for SAM or the LLM: a full defect queue drops the f
 explanation (counted). Nothing is lost silently: every frame ends as a verdict, an error or a
 counted drop, each published and stored. A stage that raises on one frame gives that frame an
 ``error``; a stage that cannot load degrades the server to what still works (reported in health).
+
+SAM and the LLM are *background* stages: on a CPU station they share cores with the expert, so
+their threads (and the ONNX Runtime workers they create) run at a lower OS priority with fewer
+threads; they use what the expert leaves idle instead of slowing the verdicts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .artifacts import Artifacts
@@ -43,6 +48,9 @@ class ServeConfig:
     llm_queue: int = 8
     threads: int = 0  # intra-op threads per session, 0 = every core (measured best with spinning off)
     spinning: bool = False  # spinning workers steal the cores the other stages' sessions need
+    sam_precision: str | None = None  # None: the expert's precision where SAM has it, else fp32
+    background_threads: int = 1  # intra-op threads for SAM and the LLM (0 = every core)
+    background_nice: int = 10  # added to SAM's and the LLM's OS niceness (0 = same priority as the expert)
     top_k: int = 3
     sam_mode: str = "roi"
     explain: bool = True
@@ -101,8 +109,9 @@ class Pipeline:
         self.health: dict[str, str] = {}
         self.expert = Expert(bundle, cfg.precision, opts)
         self.health["expert"] = f"ok ({self.expert.engine.provider})"
-        self.sam = self._load("sam", lambda: self._sam(opts))
-        self.explainer = self._load("llm", lambda: self._llm(opts)) if cfg.explain else None
+        bg = replace(opts, threads=cfg.background_threads)
+        self.sam = self._load("sam", lambda: self._sam(bg))
+        self.explainer = self._load("llm", lambda: self._llm(bg)) if cfg.explain else None
         if not cfg.explain:
             self.health["llm"] = "off"
         self.q_decode: queue.Queue[Any] = queue.Queue(cfg.decode_queue)
@@ -121,20 +130,31 @@ class Pipeline:
         if not self.bundle.has_stage(name):
             self.health[name] = "absent"
             return None
-        try:
-            stage = make()
-        except Exception as e:  # any failure to load degrades, it does not stop the station
-            self.health[name] = f"degraded: failed to load ({e})"
-            log.error("%s stage failed to load, serving without it: %s", name, e)
+        out: dict[str, Any] = {}
+
+        def load() -> None:  # in its own lowered thread: the session's workers inherit its priority
+            lower_priority(self.cfg.background_nice)
+            try:
+                out["stage"] = make()
+            except Exception as e:  # any failure to load degrades, it does not stop the station
+                out["error"] = e
+
+        t = threading.Thread(target=load, name=f"load-{name}")
+        t.start()
+        t.join()
+        if "error" in out:
+            self.health[name] = f"degraded: failed to load ({out['error']})"
+            log.error("%s stage failed to load, serving without it: %s", name, out["error"])
             return None
         self.health[name] = "ok"
-        return stage
+        return out["stage"]
 
     def _sam(self, opts: EngineOptions) -> Any:
         from .sam import SamStage
 
         variants = self.bundle.stage("sam")["variants"]
-        return SamStage(self.bundle, self.cfg.precision if self.cfg.precision in variants else "fp32", opts)
+        prec = self.cfg.sam_precision or (self.cfg.precision if self.cfg.precision in variants else "fp32")
+        return SamStage(self.bundle, prec, opts)
 
     def _llm(self, opts: EngineOptions) -> Any:
         from .explain import Explainer
@@ -265,6 +285,7 @@ class Pipeline:
                 self._note_drop(f, "defects", "masks dropped: the defect queue is full")
 
     def _defect_loop(self) -> None:
+        lower_priority(self.cfg.background_nice)
         while True:
             item = self.q_defect.get()
             if item is STOP:
@@ -306,6 +327,7 @@ class Pipeline:
             self.q_llm.put_nowait((f, rec))
 
     def _llm_loop(self) -> None:
+        lower_priority(self.cfg.background_nice)
         while True:
             item = self.q_llm.get()
             if item is STOP:
@@ -346,6 +368,17 @@ class Pipeline:
             self.store.update(f.frame_id, f.camera, f.ts, error=reason, error_code=f"dropped_{stage}")
         self.publish("error", self._body(f) | {"code": f"dropped_{stage}", "reason": reason, "ts": dict(f.ts),
                                                "verdict_published": True}, None)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (Linux: per thread; new threads inherit it)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:  # a sandbox may forbid it; the station still serves, at equal priority
+        log.warning("could not lower the background stages' priority: %s", e)
 
 
 def _peek_ids(parts: list[Any], kind: str) -> tuple[str | None, str]:

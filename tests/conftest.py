@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,4 +58,27 @@ def served_bundle(bundle_dir: Path, synth: Path, tmp_path_factory: pytest.TempPa
     shutil.copytree(bundle_dir, b)
     r = lg("calibrate", b, "--dataset", synth, "--rule", "f1")
     assert r.returncode == 0, r.stderr
+    return b
+
+
+@pytest.fixture(scope="session")
+def full_bundle(served_bundle, tmp_path_factory) -> Path:
+    """Expert + tiny SAM + tiny LLM: all three stages, as a station runs them."""
+    torch = pytest.importorskip("torch")
+    from export.llm.export import export_llm
+    from export.llm.tiny import build_tiny
+    from export.sam.checkpoint import build_sam, parse_arch
+    from export.sam.export import export_sam
+
+    root = tmp_path_factory.mktemp("full")
+    b = root / "bundle"
+    shutil.copytree(served_bundle, b)
+    torch.manual_seed(0)
+    ck = root / "sam.pth"
+    torch.save(build_sam(parse_arch("custom:64:2:2:1"), 256).state_dict(), ck)
+    export_sam(ck, "custom:64:2:2:1", b, image_size=256)
+    export_llm(build_tiny(root / "llm", "qwen2"), b, ("int4",))
+    m = json.loads((b / "manifest.json").read_text())
+    m["stages"]["llm"]["prompt"]["sampling"]["max_new_tokens"] = 12  # a short explanation keeps the test quick
+    (b / "manifest.json").write_text(json.dumps(m))
     return b

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from runtime.bundle import Bundle
 from runtime.imageio import list_images, read_image
@@ -52,3 +56,34 @@ def test_a_stage_raising_on_a_frame_gives_it_an_error_and_the_server_goes_on(ser
         assert rows[f]["status"] == "verdict" and rows[f]["verdict"] == "defect"
         assert rows[f]["error_code"] == "stage_failed" and "injected SAM failure" in rows[f]["error"]
     store.close()
+
+
+def _nice_by_thread() -> dict[int, int]:
+    """Niceness of every thread of this process, from /proc (field 19 of each task's stat)."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        stat = (task / "stat").read_text()
+        out[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is read from Linux /proc")
+def test_sam_and_llm_run_at_lower_priority_with_their_onnx_runtime_workers(full_bundle):
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = set(_nice_by_thread())
+    p = Pipeline(Bundle.load(full_bundle), ServeConfig(explain=True, threads=2, background_threads=2,
+                                                         background_nice=5), lambda *a: None)
+    p.start()
+    try:
+        nice = _nice_by_thread()
+        by_name = {t.name: nice[t.native_id] for t in p.threads}
+        assert by_name["defects"] == by_name["explain"] == min(19, base + 5)
+        assert by_name["expert"] == by_name["decode"] == base
+        # 2 threads = the caller + 1 worker per session: SAM's encoder and decoder and the LLM made 3 workers,
+        # created in the lowered loading thread, so they inherit its priority; the expert's worker does not
+        new = {tid: n for tid, n in nice.items() if tid not in before}
+        lowered = [tid for tid, n in new.items() if n == min(19, base + 5)]
+        assert len(lowered) >= 2 + 3, new
+        assert any(n == base for tid, n in new.items() if tid not in {t.native_id for t in p.threads})
+    finally:
+        p.stop(10)

@@ -172,29 +172,6 @@ def test_imagezmq_senders_are_served_unmodified(served_bundle, synth, tmp_path):
     assert code == 0
 
 
-@pytest.fixture(scope="module")
-def full_bundle(served_bundle, tmp_path_factory) -> Path:
-    """Expert + tiny SAM + tiny LLM: all three stages, as a station runs them."""
-    torch = pytest.importorskip("torch")
-    from export.llm.export import export_llm
-    from export.llm.tiny import build_tiny
-    from export.sam.checkpoint import build_sam, parse_arch
-    from export.sam.export import export_sam
-
-    root = tmp_path_factory.mktemp("full")
-    b = root / "bundle"
-    shutil.copytree(served_bundle, b)
-    torch.manual_seed(0)
-    ck = root / "sam.pth"
-    torch.save(build_sam(parse_arch("custom:64:2:2:1"), 256).state_dict(), ck)
-    export_sam(ck, "custom:64:2:2:1", b, image_size=256)
-    export_llm(build_tiny(root / "llm", "qwen2"), b, ("int4",))
-    m = json.loads((b / "manifest.json").read_text())
-    m["stages"]["llm"]["prompt"]["sampling"]["max_new_tokens"] = 12  # a short explanation keeps the test quick
-    (b / "manifest.json").write_text(json.dumps(m))
-    return b
-
-
 def _video(synth: Path, path: Path, n: int = 12) -> Path:
     frames = [read_image(p) for p in list_images(synth / "test", recursive=True)]
     h, w = frames[0].shape[:2]
@@ -368,3 +345,9 @@ def test_camera_refuses_a_missing_source_in_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such file, folder, device number or URL" in r.stderr
     r = lg("serve", tmp_path / "missing-bundle")
     assert r.returncode == 1 and "no such bundle directory" in r.stderr
+
+
+def test_serve_refuses_a_sam_variant_the_bundle_lacks_in_one_line(full_bundle):
+    r = lg("serve", full_bundle, "--sam-precision", "int3")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "--sam-precision int3: the bundle's SAM has fp32" in r.stderr
