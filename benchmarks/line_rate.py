@@ -2,6 +2,13 @@
 
     python -m benchmarks.line_rate [--work runs/serve] [--frames 60] [--defect-rate 0.05]
                                    [--max-latency-ms 500] [--out runs/bench/line_rate]
+                                   [--real [--sam-size 384]]
+
+Two stacks share the expert (calibrated 256-px PatchCore on generated tiles):
+- default: a tiny SAM and a tiny INT4 LLM (the test stack; quick);
+- ``--real``: SAM **vit_b** (random weights in the official layout, at ``--sam-size``; served as
+  INT8) and a **Qwen2-0.5B**-shaped LLM (random weights; served as INT4) — the sizes a station
+  runs. The research loop runs the same checkpoints at the same SAM size in PyTorch.
 
 Same checkpoints, same images, one run:
 - **sequential research loop** (as the EIAD/Myriad code runs): PyTorch eager PatchCore, one frame
@@ -16,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,23 +51,69 @@ def frame_mix(data: Path, n: int, defect_rate: float, seed: int = 0) -> list[np.
     return [picks[i] for i in rng.permutation(n)]
 
 
-def research_loop(bundle: Bundle, work: Path, frames: list[np.ndarray]) -> dict:
+@dataclass
+class Stack:
+    """One bundle and the checkpoints it was exported from."""
+
+    bundle: Path
+    data: Path
+    sam_arch: str
+    sam_size: int
+    sam_checkpoint: Path
+    llm: Path
+    serve_args: list[str] = field(default_factory=list)
+
+
+def tiny_stack(work: Path) -> Stack:
+    bundle, data = build(work)
+    return Stack(bundle, data, "custom:64:2:2:1", 256, work / "sam.pth", work / "llm")
+
+
+def real_stack(work: Path, sam_size: int) -> Stack:
+    """The tiny stack's expert with SAM vit_b (INT8 variant) and a Qwen2-0.5B-shaped INT4 LLM."""
+    base, data = build(work)
+    bundle = work / f"bundle_real_{sam_size}"
+    ckpt, llm = work / "sam_vit_b.pth", work / "qwen2-0.5b"
+    stack = Stack(bundle, data, "vit_b", sam_size, ckpt, llm, ["--sam-precision", "int8"])
+    if (bundle / "manifest.json").is_file():
+        return stack
+    from calibration.sam_variants import build_sam_variants
+    from export.llm.export import export_llm
+    from export.sam.checkpoint import build_sam, parse_arch
+    from export.sam.export import export_sam
+
+    from .llm_speed import build_shape
+
+    if not ckpt.is_file():
+        torch.manual_seed(0)
+        torch.save(build_sam(parse_arch("vit_b"), 1024).state_dict(), ckpt)  # saved as released: 1024 px
+    build_shape("qwen2-0.5b", llm)
+    tmp = bundle.with_name(bundle.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp)
+    export_sam(ckpt, "vit_b", tmp, image_size=sam_size)  # replaces the tiny SAM
+    build_sam_variants(tmp, ("int8",))
+    export_llm(llm, tmp, ("int4",))  # replaces the tiny LLM
+    tmp.rename(bundle)
+    return stack
+
+
+def research_loop(bundle: Bundle, stack: Stack, frames: list[np.ndarray]) -> dict:
     """One frame at a time through the PyTorch models, as research code runs them."""
     from segment_anything import SamPredictor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec
-    from export.sam.checkpoint import build_sam, parse_arch
+    from export.sam.checkpoint import load_sam, parse_arch
 
     torch.set_num_threads(2)
-    train = [read_image(p) for p in list_images(work / "data" / "tile" / "train" / "good")]
+    train = [read_image(p) for p in list_images(stack.data / "train" / "good")]
     model, _ = fit_patchcore(train, PatchCoreConfig(size=256, coreset=0.1, seed=0), progress=False)  # = the bundle's
     model.requires_grad_(False)
-    sam = build_sam(parse_arch("custom:64:2:2:1"), 256)
-    sam.load_state_dict(torch.load(work / "sam.pth", weights_only=True))
+    sam, _ = load_sam(stack.sam_checkpoint, parse_arch(stack.sam_arch), stack.sam_size)
     predictor = SamPredictor(sam.eval())
-    tok = AutoTokenizer.from_pretrained(work / "llm")
-    lm = AutoModelForCausalLM.from_pretrained(work / "llm").eval()
+    tok = AutoTokenizer.from_pretrained(stack.llm)
+    lm = AutoModelForCausalLM.from_pretrained(stack.llm).eval()
     prompts = PromptBuilder(DEFAULT_PROMPT, None, {})
     thr = bundle.thresholds["image"]
     spec = input_spec(256)
@@ -83,8 +138,9 @@ def research_loop(bundle: Bundle, work: Path, frames: list[np.ndarray]) -> dict:
     return {"fps": round(len(frames) / dt, 2), "frames": len(frames), "flagged": flagged, "seconds": round(dt, 2)}
 
 
-def ceiling(bundle: Bundle, frames: list[np.ndarray], batch: int = 8, repeats: int = 3) -> dict:
-    ex = Expert(bundle, "fp32", EngineOptions(device="cpu"))
+def ceiling(bundle: Bundle, frames: list[np.ndarray], batch: int = 8, repeats: int = 3,
+            precision: str = "fp32") -> dict:
+    ex = Expert(bundle, precision, EngineOptions(device="cpu"))
     ex(frames[:batch])
     rates = []
     for _ in range(repeats):
@@ -93,6 +149,33 @@ def ceiling(bundle: Bundle, frames: list[np.ndarray], batch: int = 8, repeats: i
             ex(frames[i:i + batch])
         rates.append(len(frames) / (time.perf_counter() - t0))
     return {"fps": round(float(np.median(rates)), 2), "batch": batch}
+
+
+def sweep(stack: Stack, start: float, a: argparse.Namespace, extra: list[str], name: str) -> dict:
+    """``lineguard bench --sweep`` on the stack's bundle with ``extra`` serve arguments."""
+    from runtime.bench import run_bench
+
+    _, rep = run_bench(str(stack.bundle), str(stack.data), rate=start, duration=a.duration,
+                       defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.1,
+                       serve_args=["--precision", a.precision, *stack.serve_args, *extra],
+                       out=str(a.out.with_name(f"{a.out.name}_{name}")))
+    best = rep.get("max_sustainable_fps")
+    at = next((s for s in rep["steps"] if s["offered_fps"] == best), None)
+    keys = ("offered_fps", "achieved_verdict_fps", "pass", "flagged", "masks_dropped", "explained",
+            "explanations_dropped", "explanations_pending", "server_cpu_percent", "loadgen_cpu_percent")
+    return {"max_sustainable_fps": best, "p99_ms_at_max": at["verdict_latency_ms"]["p99"] if at else None,
+            "explanation_p50_ms_at_max": at["explanation_latency_ms"]["p50"] if at else None,
+            "unaccounted_at_max": at["unaccounted"] if at else None,
+            "steps": [{k: s.get(k) for k in keys} | {"p99_ms": s["verdict_latency_ms"]["p99"]} for s in rep["steps"]]}
+
+
+def int8_expert(stack: Stack) -> bool:
+    """Add the expert's INT8 variant (through the accuracy gate) if missing; False if the gate refused it."""
+    if "int8" not in Bundle.load(stack.bundle).stage("expert")["variants"]:
+        from calibration.variants import build_variants
+
+        build_variants(stack.bundle, str(stack.data), str(stack.data), ("int8",), progress=False)
+    return "int8" in Bundle.load(stack.bundle).stage("expert")["variants"]
 
 
 def main() -> None:
@@ -104,30 +187,39 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--start", type=float, default=0.3, help="first sweep rate, as a share of the ceiling")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/line_rate"))
+    ap.add_argument("--real", action="store_true", help="SAM vit_b and a Qwen2-0.5B-shaped LLM instead of tiny ones")
+    ap.add_argument("--sam-size", type=int, default=384, help="SAM input size of the --real stack")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                    help="the served expert's variant (and the ceiling's); int8 is added through its gate")
+    ap.add_argument("--skip-research", type=Path, help="reuse the research loop's figures from this line_rate JSON")
     a = ap.parse_args()
-    bundle_path, data = build(a.work)
-    bundle = Bundle.load(bundle_path)
-    frames = frame_mix(data, a.frames, a.defect_rate)
-    seq = research_loop(bundle, a.work, frames)
-    ceil = ceiling(bundle, frames)
-    from runtime.bench import run_bench
-
-    _, rep = run_bench(str(bundle_path), str(data), rate=round(a.start * ceil["fps"], 2), duration=a.duration,
-                       defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.1,
-                       out=str(a.out.with_name(a.out.name + "_sweep")))
-    best = rep.get("max_sustainable_fps")
-    best_step = next((s for s in rep["steps"] if s["offered_fps"] == best), None)
-    report = {"date": time.strftime("%Y-%m-%d"), "defect_rate": a.defect_rate, "max_latency_ms": a.max_latency_ms,
-              "sequential_research_loop": seq, "expert_alone_ceiling": ceil, "lineguard_max_sustainable_fps": best,
-              "lineguard_p99_ms_at_max": best_step["verdict_latency_ms"]["p99"] if best_step else None,
-              "unaccounted_at_max": best_step["unaccounted"] if best_step else None,
+    stack = real_stack(a.work, a.sam_size) if a.real else tiny_stack(a.work)
+    if a.precision == "int8" and not int8_expert(stack):
+        raise SystemExit("the expert's INT8 variant did not pass its accuracy gate; run with --precision fp32")
+    bundle = Bundle.load(stack.bundle)
+    frames = frame_mix(stack.data, a.frames, a.defect_rate)
+    if a.skip_research:
+        seq = json.loads(a.skip_research.read_text())["sequential_research_loop"] | {"reused_from": str(a.skip_research)}
+    else:
+        seq = research_loop(bundle, stack, frames)
+    ceil = ceiling(bundle, frames, precision=a.precision)
+    start = round(a.start * ceil["fps"], 2)
+    alone = sweep(stack, start, a, ["--no-sam", "--no-explain"], "expert_only")
+    full = sweep(stack, start, a, [], "all_stages")
+    best = full["max_sustainable_fps"]
+    report = {"date": time.strftime("%Y-%m-%d"), "stack": "real" if a.real else "tiny", "expert": a.precision,
+              "sam": f"{stack.sam_arch} at {stack.sam_size} px", "llm": stack.llm.name, "serve_args": stack.serve_args,
+              "defect_rate": a.defect_rate, "max_latency_ms": a.max_latency_ms,
+              "sequential_research_loop": seq, "expert_alone_ceiling": ceil,
+              "served_expert_only": alone, "served_all_stages": full,
               "ratio_vs_sequential": round(best / seq["fps"], 1) if best else None,
               "share_of_ceiling": round(best / ceil["fps"], 3) if best else None,
-              "steps": [{k: s[k] for k in ("offered_fps", "achieved_verdict_fps", "pass")} | {
-                  "p99_ms": s["verdict_latency_ms"]["p99"]} for s in rep["steps"]]}
+              "expert_only_share_of_ceiling": round(alone["max_sustainable_fps"] / ceil["fps"], 3)
+              if alone["max_sustainable_fps"] else None}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_name(a.out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("served_expert_only", "served_all_stages")} | {
+        "served_expert_only_fps": alone["max_sustainable_fps"], "served_all_stages_fps": best}, indent=2))
 
 
 if __name__ == "__main__":

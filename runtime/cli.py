@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: every core)")
     sv.add_argument("--spinning", action="store_true", help="let ONNX Runtime's workers spin (off: they yield)")
     sv.add_argument("--no-explain", action="store_true", help="serve without the LLM stage")
+    sv.add_argument("--no-sam", action="store_true", help="serve without SAM (masks from the expert's map)")
     sv.add_argument("--artifacts", help="folder for a mask PNG and overlay JPEG per flagged frame")
     sv.add_argument("--keep-artifacts", type=_positive(int), default=1000, help="frames whose artefacts are kept")
     sv.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on 127.0.0.1:PORT")
@@ -210,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--folds", type=int, default=3, help="k for the myriad rule")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--report", help="also write calibration.json/.png here")
+    c.add_argument("--classes", action="store_true",
+                   help="also fit the defect classifier from --dataset's defect folders and masks")
+    c.add_argument("--shots", type=_positive(int), help="labelled images per defect type for --classes (default: all)")
 
     q = sub.add_parser("quantize", help="INT8/FP16/TensorRT variants of the expert, each through an accuracy gate")
     q.add_argument("bundle")
@@ -234,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", help="write the results here as JSON")
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     v.add_argument("--threads", type=int, default=0)
+
+    try:
+        from ddqa.cli import add_parsers
+    except ImportError:  # a runtime-only install has no ddqa package
+        pass
+    else:
+        add_parsers(sub, _Parser)
 
     d = sub.add_parser("demo", help="build a demo bundle on generated parts and inspect some (no downloads)")
     d.add_argument("--out", default="lineguard-demo", help="folder for the generated data, bundle and overlays")
@@ -322,7 +333,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = ServeConfig(precision=a.precision, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain,
-                      sam_precision=a.sam_precision, background_threads=a.background_threads,
+                      sam_precision=a.sam_precision, masks=not a.no_sam, background_threads=a.background_threads,
                       background_nice=a.background_nice,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
@@ -423,10 +434,24 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
     if not a.normal and not a.dataset and a.threshold is None:
         raise LineguardError("give --normal DIR, --dataset ROOT or --threshold T")
+    if a.classes and not a.dataset:
+        raise LineguardError("--classes needs --dataset ROOT (defect folders with masks)")
     rep = calibrate(a.bundle, a.normal, a.dataset, a.rule, a.threshold, a.pixel_threshold, a.folds, a.seed,
                     a.report)
     print(describe(rep))
+    if a.classes:
+        from calibration.classes import fit_classes
+
+        c = fit_classes(a.bundle, a.dataset, a.shots, seed=a.seed)
+        print(f"classes   {', '.join(f'{n} ({k})' for n, k in c['examples'].items())}; leave-one-out accuracy "
+              f"{100 * c['loo_accuracy']:.1f}%, unknown beyond distance {c['max_distance']:.2f}")
     return 0
+
+
+def cmd_ddqa(a: argparse.Namespace) -> int:
+    from ddqa.cli import run
+
+    return run(a)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -475,7 +500,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "serve": cmd_serve,
             "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "bench": cmd_bench, "calibrate": cmd_calibrate,
-            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo}
+            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo, "ddqa": cmd_ddqa}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

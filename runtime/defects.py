@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .classify import DefectClassifier, describe_region
 from .findings import Region, default_level, region_from_mask, regions
 from .sam import SamStage
 
@@ -28,9 +29,12 @@ class Defect:
     mask: np.ndarray = field(repr=False)  # bool [H, W], frame pixels
     mask_source: str  # "sam" or "expert"
     sam_iou: float | None = None  # SAM's own quality estimate for its mask
+    cls: str | None = None  # defect type from the bundle's classifier ("unknown" when none is near)
+    class_distance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return self.region.to_dict() | {"mask_source": self.mask_source, "sam_iou": self.sam_iou}
+        extra = {"class": self.cls, "class_distance": round(self.class_distance, 3)} if self.cls else {}
+        return self.region.to_dict() | {"mask_source": self.mask_source, "sam_iou": self.sam_iou} | extra
 
 
 def prompts(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: int = 3,
@@ -64,13 +68,26 @@ def roi_crop(boxes: list[np.ndarray], frame_hw: tuple[int, int], min_side: int) 
 
 def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: SamStage | None = None,
                  top_k: int = 3, mode: str = "frame", pad: float = 0.15, min_roi: int = 128,
-                 flagged: bool = True) -> list[Defect]:
+                 flagged: bool = True, classifier: DefectClassifier | None = None) -> list[Defect]:
     """Defects of one frame, hottest first. ``amap`` is the expert's map at its own size.
 
     ``flagged``: the frame's image score passed the threshold. Then, if no pixel passes the
     pixel threshold, the region around the map's peak (relative level) is still reported: the
-    best place to look. Unflagged frames get defects only where pixels pass.
+    best place to look. Unflagged frames get defects only where pixels pass. With a
+    ``classifier`` each defect gets its type (``class``).
     """
+    out = _find(frame, amap, thresholds, sam, top_k, mode, pad, min_roi, flagged)
+    if classifier is not None and out:
+        amap_frame = cv2.resize(amap, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+        for d in out:
+            if d.mask.any():
+                d.cls, d.class_distance = classifier.predict(
+                    describe_region(frame, d.mask, amap_frame, thresholds.get("pixel")))
+    return out
+
+
+def _find(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: SamStage | None, top_k: int,
+          mode: str, pad: float, min_roi: int, flagged: bool) -> list[Defect]:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: use one of {MODES}")
     h, w = frame.shape[:2]

@@ -21,15 +21,20 @@ GRID = (
 CELLS = tuple(name for row in GRID for name in row)
 
 
-def grid_cell(mask: np.ndarray) -> str:
-    """The 3×3 cell holding the largest share of ``mask`` (ties: the first in reading order)."""
+def cell_shares(mask: np.ndarray) -> dict[str, float]:
+    """Share of the mask's pixels in each 3×3 cell, in reading order (zeros for an empty mask)."""
     h, w = mask.shape
     ys = np.minimum(np.arange(h) * 3 // h, 2)
     xs = np.minimum(np.arange(w) * 3 // w, 2)
     m = mask > 0
-    counts = np.array([[m[ys == r][:, xs == c].sum() for c in range(3)] for r in range(3)])
-    r, c = np.unravel_index(int(np.argmax(counts)), (3, 3))
-    return GRID[r][c]
+    total = max(1, int(m.sum()))
+    return {GRID[r][c]: float(m[ys == r][:, xs == c].sum()) / total for r in range(3) for c in range(3)}
+
+
+def grid_cell(mask: np.ndarray) -> str:
+    """The 3×3 cell holding the largest share of ``mask`` (ties: the first in reading order)."""
+    shares = cell_shares(mask)
+    return max(CELLS, key=lambda c: shares[c])  # max keeps the first of equals
 
 
 @dataclass

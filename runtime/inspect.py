@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle
+from .classify import from_bundle
 from .defects import find_defects
 from .engine import EngineOptions
 from .errors import LineguardError
@@ -66,6 +67,7 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
     if bundle.has_stage("sam"):  # the same precision as the expert where SAM has it
         sam_variants = bundle.stage("sam")["variants"]
         sam = SamStage(bundle, precision if precision in sam_variants else "fp32", opts)
+    classifier = from_bundle(bundle)
     pixel_t = bundle.thresholds.get("pixel")
     out = Path(out_dir) if out_dir else None
     if out:
@@ -87,7 +89,8 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
             region = res["hottest"]
             defects = []
             if r.verdict == "defect":
-                defects = find_defects(frame, r.anomaly_map, bundle.thresholds, sam, top_k, sam_mode)
+                defects = find_defects(frame, r.anomaly_map, bundle.thresholds, sam, top_k, sam_mode,
+                                       classifier=classifier)
                 res["defects"] = [d.to_dict() for d in defects]
             if out:
                 vmin, vmax = (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)

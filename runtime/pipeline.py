@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import classify
 from .artifacts import Artifacts
 from .bundle import Bundle
 from .defects import find_defects
 from .engine import EngineOptions
+from .errors import BundleError
 from .expert import Expert
 from .inspect import describe, mask_png
 from .protocol import Frame, FrameError, Limits, parse_frame, parse_imagezmq
@@ -54,6 +56,7 @@ class ServeConfig:
     top_k: int = 3
     sam_mode: str = "roi"
     explain: bool = True
+    masks: bool = True  # False: no SAM even where the bundle has it (masks from the expert's map)
     limits: Limits = field(default_factory=Limits)
     artifacts: str | None = None  # mask PNG + overlay JPEG per flagged frame
     keep_artifacts: int = 1000  # frames whose artefacts are kept; older ones are deleted
@@ -110,8 +113,17 @@ class Pipeline:
         self.expert = Expert(bundle, cfg.precision, opts)
         self.health["expert"] = f"ok ({self.expert.engine.provider})"
         bg = replace(opts, threads=cfg.background_threads)
-        self.sam = self._load("sam", lambda: self._sam(bg))
+        self.sam = self._load("sam", lambda: self._sam(bg)) if cfg.masks else None
+        if not cfg.masks:
+            self.health["sam"] = "off"
         self.explainer = self._load("llm", lambda: self._llm(bg)) if cfg.explain else None
+        self.classifier = None
+        try:
+            self.classifier = classify.from_bundle(bundle)
+            self.health["classes"] = "ok" if self.classifier else "absent"
+        except BundleError as e:  # masks and explanations go on without types
+            self.health["classes"] = f"degraded: {e}"
+            log.error("defect classifier unusable, serving without types: %s", e)
         if not cfg.explain:
             self.health["llm"] = "off"
         self.q_decode: queue.Queue[Any] = queue.Queue(cfg.decode_queue)
@@ -300,7 +312,7 @@ class Pipeline:
 
     def _defects(self, f: Frame, r: Any, rec: dict[str, Any]) -> None:
         defects = find_defects(f.image, r.anomaly_map, self.bundle.thresholds, self.sam, self.cfg.top_k,
-                               self.cfg.sam_mode)
+                               self.cfg.sam_mode, classifier=self.classifier)
         f.ts["masks"] = time.time()
         rec = rec | {"defects": [d.to_dict() for d in defects]}
         png = mask_png(defects)

@@ -186,7 +186,8 @@ def test_camera_video_to_verdicts_masks_and_explanations(full_bundle, synth, tmp
     art = tmp_path / "art"
     st = Station(full_bundle, tmp_path, "--artifacts", str(art), "--keep-artifacts", "3")
     try:
-        assert st.ready["health"] == {"expert": st.ready["health"]["expert"], "sam": "ok", "llm": "ok"}
+        assert st.ready["health"] == {"expert": st.ready["health"]["expert"], "sam": "ok", "llm": "ok",
+                                      "classes": "absent"}
         video = _video(synth, tmp_path / "line.avi", 12)
         saved = tmp_path / "saved"
         subscriber = subprocess.Popen([sys.executable, "-m", "runtime.cli", "results", "--connect", st.publish,

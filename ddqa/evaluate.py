@@ -1,0 +1,215 @@
+"""``lineguard ddqa eval``: answer every DDQA question through the runtime and score it.
+
+The runtime answers from what a station computes for the image: AD from the expert's verdict;
+RDL from the found masks (the option cell holding most of them); DFM from the box of their
+largest component (a hit at IoU ≥ 0.5, and the mean IoU); DC from the bundle's classifier
+(``unknown`` counts as wrong). Where the bundle has an LLM, the LLM is also asked each question
+with the findings in its prompt, and its parsed answer is scored the same way; each flagged image
+also gets an explanation, checked by the grounding check (the grounding rate).
+Images the classifier was fitted on are left out of DC scoring (counted).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.bundle import Bundle
+from runtime.classify import UNKNOWN, from_bundle
+from runtime.defects import find_defects
+from runtime.engine import EngineOptions
+from runtime.errors import InputError
+from runtime.expert import Expert
+from runtime.findings import cell_shares
+from runtime.imageio import read_image
+from runtime.inspect import describe
+from runtime.llm import Sampling
+from runtime.prompting import findings_for_prompt
+
+from . import answers
+from .rules import IOU_HIT, TASKS, best_option, box_iou, norm_box
+
+QA_SYSTEM = ("You answer an inspector's question about one part from the vision system's findings. "
+             "Reply with the answer only.")
+
+
+def read_questions(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The usable records of a DDQA file, and one problem (file:line) per line that is not."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--ddqa {path}: no such file")
+    recs, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{path}:{n}: not JSON ({e.msg})")
+                continue
+            missing = [k for k in ("task", "image", "answer", "root") if not isinstance(r, dict) or k not in r]
+            if missing:
+                problems.append(f"{path}:{n}: missing {', '.join(missing)}")
+            elif r["task"] not in TASKS:
+                problems.append(f"{path}:{n}: unknown task {r['task']!r} (use {', '.join(TASKS)})")
+            else:
+                recs.append(r)
+    if not recs:
+        raise InputError(f"--ddqa {path}: no usable questions" + (f" ({problems[0]})" if problems else ""))
+    return recs, problems
+
+
+class Runtime:
+    """The bundle's stages as a station runs them, for one image at a time."""
+
+    def __init__(self, bundle: Bundle, precision: str, opts: EngineOptions, use_llm: bool, sam_mode: str,
+                 top_k: int) -> None:
+        self.bundle, self.sam_mode, self.top_k = bundle, sam_mode, top_k
+        self.expert = Expert(bundle, precision, opts)
+        self.sam = None
+        if bundle.has_stage("sam"):
+            from runtime.sam import SamStage
+
+            variants = bundle.stage("sam")["variants"]
+            self.sam = SamStage(bundle, precision if precision in variants else "fp32", opts)
+        self.classifier = from_bundle(bundle)
+        self.explainer = None
+        if use_llm and bundle.has_stage("llm"):
+            from runtime.explain import Explainer
+
+            self.explainer = Explainer(bundle, opts=opts)
+
+    @property
+    def name(self) -> str:
+        return "expert" + (" + SAM" if self.sam else "") + (" + classifier" if self.classifier else "")
+
+    def inspect(self, frame: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+        """(inspect-style result with defects, union of the defect masks)."""
+        r = self.expert([frame])[0]
+        res = describe(frame, r, self.bundle.thresholds.get("pixel"))
+        # the questions presuppose a look at the part: find regions even when the verdict is normal
+        defects = find_defects(frame, r.anomaly_map, self.bundle.thresholds, self.sam, self.top_k, self.sam_mode,
+                               flagged=True, classifier=self.classifier)
+        res["defects"] = [d.to_dict() for d in defects]
+        union = np.zeros(frame.shape[:2], bool)
+        for d in defects:
+            union |= d.mask
+        return res, union
+
+    def ask(self, findings: dict[str, Any], rec: dict[str, Any]) -> str:
+        ex = self.explainer
+        opts = rec.get("options") or []
+        text = ex.prompts.user.render(**findings) + f"\n\nQuestion: {rec['question']}"
+        if opts and rec["task"] != "AD":
+            text += "\nOptions: " + " ".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(opts))
+        msgs = [{"role": "system", "content": QA_SYSTEM}, {"role": "user", "content": text}]
+        ids = ex.tokenizer.encode(ex.prompts.render(msgs), add_special_tokens=False).ids
+        gen = ex.lm.generate(ids, Sampling(max_new_tokens=24, stop_ids=ex.sampling.stop_ids,
+                                           time_budget_s=ex.sampling.time_budget_s))
+        return ex.tokenizer.decode(gen.ids).strip()
+
+
+def runtime_answer(rec: dict[str, Any], res: dict[str, Any], union: np.ndarray) -> Any:
+    task = rec["task"]
+    if task == "AD":
+        return "yes" if res["verdict"] == "defect" else "no"
+    if task == "RDL":
+        return best_option(cell_shares(union), rec["options"]) if union.any() else None
+    if task == "DFM":
+        return norm_box(union) if union.any() else None
+    cls = res["defects"][0].get("class") if res["defects"] else None
+    return cls if cls and cls != UNKNOWN else None
+
+
+def llm_answer(rec: dict[str, Any], text: str) -> Any:
+    task = rec["task"]
+    if task == "AD":
+        return answers.yes_no(text)
+    if task == "DFM":
+        return answers.box(text)
+    return answers.option(text, rec["options"])
+
+
+def score(rec: dict[str, Any], pred: Any) -> tuple[bool, float | None]:
+    """(hit, IoU for DFM)."""
+    if rec["task"] == "DFM":
+        iou = box_iou(pred, rec["answer"]) if pred else 0.0
+        return iou >= IOU_HIT, iou
+    return pred == rec["answer"], None
+
+
+def chance(task: str, recs: list[dict[str, Any]]) -> float | None:
+    if task == "DFM":
+        return None
+    opts = [len(r.get("options") or []) for r in recs if r["task"] == task]
+    return float(np.mean([1 / k for k in opts if k])) if opts else None
+
+
+def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "fp32", root: str | None = None,
+             use_llm: bool = True, limit: int | None = None, sam_mode: str = "roi", top_k: int = 3,
+             opts: EngineOptions | None = None, progress: bool = True) -> dict[str, Any]:
+    bundle = Bundle.load(bundle_path)
+    recs, problems = read_questions(ddqa_path)
+    rt = Runtime(bundle, precision, opts or EngineOptions(), use_llm, sam_mode, top_k)
+    fit = (bundle.manifest.get("classes") or {}).get("fit", {})
+    fit_images = set(fit.get("images", []))
+    by_image: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in recs:
+        by_image[(root or r["root"], r["image"])].append(r)
+    images = list(by_image.items())[:limit] if limit else list(by_image.items())
+    systems = [rt.name] + (["LLM"] if rt.explainer else [])
+    hits: dict[str, dict[str, list[bool]]] = {s: defaultdict(list) for s in systems}
+    ious: dict[str, list[float]] = {s: [] for s in systems}
+    excluded, grounded, rows = 0, [], []
+    for (base, rel), qs in tqdm(images, desc="ddqa eval", unit="img", disable=not progress):
+        path = Path(base) / rel
+        try:
+            frame = read_image(path)
+        except Exception as e:  # one unreadable image costs its own questions
+            problems.append(f"{path}: unreadable image ({e})")
+            continue
+        res, union = rt.inspect(frame)
+        findings = findings_for_prompt(res, bundle.product)
+        for q in qs:
+            if q["task"] == "DC" and rel in fit_images and Path(fit.get("dataset", "")) == Path(q["root"]):
+                excluded += 1
+                continue
+            preds = {rt.name: runtime_answer(q, res, union)}
+            if rt.explainer:
+                preds["LLM"] = llm_answer(q, rt.ask(findings, q))
+            for s, p in preds.items():
+                hit, iou = score(q, p)
+                hits[s][q["task"]].append(hit)
+                if iou is not None:
+                    ious[s].append(iou)
+            rows.append({"id": q.get("id"), "task": q["task"], "answer": q["answer"], "predicted": preds})
+        if rt.explainer and res["verdict"] == "defect":
+            grounded.append(bool(rt.explainer.explain(res)["consistent"]))
+    table = {s: {t: (round(100 * float(np.mean(hits[s][t])), 1) if hits[s][t] else None) for t in TASKS} |
+             {"DFM_mIoU": round(float(np.mean(ious[s])), 3) if ious[s] else None,
+              "n": {t: len(hits[s][t]) for t in TASKS}} for s in systems}
+    table["random chance"] = {t: (round(100 * c, 1) if (c := chance(t, recs)) is not None else None) for t in TASKS}
+    return {"bundle": str(bundle.root), "ddqa": str(ddqa_path), "precision": precision, "images": len(images),
+            "table": table, "dc_excluded_fit_images": excluded,
+            "grounding_rate": round(float(np.mean(grounded)), 3) if grounded else None,
+            "explanations": len(grounded), "problems": problems, "answers": rows}
+
+
+def describe_table(rep: dict[str, Any]) -> str:
+    """EIAD Table II's shape: accuracy (%) per task and system, random chance beside."""
+    head = f"{'':<34}{'AD':>7}{'RDL':>7}{'DFM':>7}{'mIoU':>7}{'DC':>7}"
+    lines = [head]
+    for name, row in rep["table"].items():
+        cells = [row.get("AD"), row.get("RDL"), row.get("DFM"), row.get("DFM_mIoU"), row.get("DC")]
+        lines.append(f"{name:<34}" + "".join(f"{'—' if v is None else v:>7}" for v in cells))
+    if rep["grounding_rate"] is not None:
+        lines.append(f"explanations grounded: {100 * rep['grounding_rate']:.1f}% of {rep['explanations']}")
+    if rep["dc_excluded_fit_images"]:
+        lines.append(f"DC: {rep['dc_excluded_fit_images']} questions left out (their images fitted the classifier)")
+    return "\n".join(lines)
