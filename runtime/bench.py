@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +47,20 @@ def _proc_stats(pid: int) -> tuple[float, float]:
         return cpu, hwm / 1024
     except (OSError, StopIteration, IndexError, ValueError):
         return float("nan"), float("nan")
+
+
+def gpu_memory_mb(pid: int) -> float | None:
+    """GPU memory the process holds (nvidia-smi), or None where there is no NVIDIA GPU or driver."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = [float(m) for p, m in (line.split(",")[:2] for line in out.splitlines() if "," in line)
+            if p.strip() == str(pid)]
+    return sum(used) if used else None
 
 
 class Served:
@@ -164,7 +179,8 @@ def run_step(ctx: zmq.Context, ingest: str, publish: str, pools: tuple[list, lis
             "loadgen_cpu_percent": round(100 * (time.process_time() - own0) / wall, 1),
             "explanations_pending": sum(s.verdict == "defect" and s.late_error is None and s.explained_at is None
                                         for s in samples) if explained else 0,
-            "server_peak_rss_mb": round(rss, 1) if pid else None}
+            "server_peak_rss_mb": round(rss, 1) if pid else None,
+            "server_gpu_memory_mb": gpu_memory_mb(pid) if pid else None}
     return rep, samples
 
 
@@ -286,7 +302,8 @@ def table(report: dict[str, Any]) -> str:
                                 + " ".join(f"{k} {v}" for k, v in e.items() if k in ("p50", "p99"))),
         ("per stage (mean ms)", " ".join(f"{k} {v}" for k, v in r["stage_ms_mean"].items())),
         ("mean batch", str(report.get("mean_batch"))),
-        ("server", f"CPU {r['server_cpu_percent']}% (of one core), peak RSS {r['server_peak_rss_mb']} MB; "
+        ("server", f"CPU {r['server_cpu_percent']}% (of one core), peak RSS {r['server_peak_rss_mb']} MB"
+                   + (f", GPU memory {r['server_gpu_memory_mb']} MB" if r.get("server_gpu_memory_mb") else "") + "; "
                    f"load generator CPU {r.get('loadgen_cpu_percent')}%"),
         ("engines", json.dumps(report.get("providers"))),
     ]

@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--defect-queue", type=_positive(int), default=16)
     sv.add_argument("--llm-queue", type=_positive(int), default=8, help="pending explanations (oldest dropped)")
     sv.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0: every core)")
+    sv.add_argument("--expert-workers", type=int, default=0,
+                    help="expert sessions side by side, the cores split between them (0: CPU one per core up to 4)")
     sv.add_argument("--spinning", action="store_true", help="let ONNX Runtime's workers spin (off: they yield)")
     sv.add_argument("--no-explain", action="store_true", help="serve without the LLM stage")
     sv.add_argument("--no-sam", action="store_true", help="serve without SAM (masks from the expert's map)")
@@ -333,10 +335,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = ServeConfig(precision=a.precision, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain,
-                      sam_precision=a.sam_precision, masks=not a.no_sam, background_threads=a.background_threads,
+                      sam_precision=a.sam_precision, masks=not a.no_sam, expert_workers=a.expert_workers, background_threads=a.background_threads,
                       background_nice=a.background_nice,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
+    if a.expert_workers < 0:
+        raise LineguardError(f"--expert-workers {a.expert_workers}: use 0 (auto) or a positive count")
     bundle = Bundle.load(a.bundle)
     if a.sam_precision and bundle.has_stage("sam") and a.sam_precision not in bundle.stage("sam")["variants"]:
         raise LineguardError(f"--sam-precision {a.sam_precision}: the bundle's SAM has "

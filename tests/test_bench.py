@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import zmq
 from helpers import lg
@@ -21,6 +22,9 @@ def test_bench_reports_every_frame_and_writes_its_files(served_bundle, synth, tm
     assert set(res["verdict_latency_ms"]) == {"p50", "p90", "p95", "p99", "max"}
     assert res["verdict_latency_ms"]["p50"] <= res["verdict_latency_ms"]["p99"] <= res["verdict_latency_ms"]["max"]
     assert res["stage_ms_mean"]["expert_compute"] > 0 and res["server_peak_rss_mb"] > 0
+    assert res["loadgen_cpu_percent"] > 0
+    if shutil.which("nvidia-smi") is None:  # no GPU here: no GPU figure, rather than a zero
+        assert res["server_gpu_memory_mb"] is None
     assert rep["providers"]["expert"].startswith("ok") and rep["mean_batch"] >= 1
     # no LLM in this bundle: no explanation is expected, and none may be counted as dropped
     assert res["explained"] == res["explanations_dropped"] == 0 and res["masks_dropped"] == 0

@@ -72,13 +72,13 @@ def test_sam_and_llm_run_at_lower_priority_with_their_onnx_runtime_workers(full_
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     before = set(_nice_by_thread())
     p = Pipeline(Bundle.load(full_bundle), ServeConfig(explain=True, threads=2, background_threads=2,
-                                                         background_nice=5), lambda *a: None)
+                                                         background_nice=5, expert_workers=2), lambda *a: None)
     p.start()
     try:
         nice = _nice_by_thread()
         by_name = {t.name: nice[t.native_id] for t in p.threads}
         assert by_name["defects"] == by_name["explain"] == min(19, base + 5)
-        assert by_name["expert"] == by_name["decode"] == base
+        assert by_name["expert"] == by_name["expert1"] == by_name["decode"] == base  # two expert workers
         # 2 threads = the caller + 1 worker per session: SAM's encoder and decoder and the LLM made 3 workers,
         # created in the lowered loading thread, so they inherit its priority; the expert's worker does not
         new = {tid: n for tid, n in nice.items() if tid not in before}
