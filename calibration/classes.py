@@ -1,7 +1,7 @@
 """Fit the defect classifier of a bundle from labelled defect images (MVTec layout: the defect
 folders name the types, the masks say where). The descriptors are those the runtime computes
-for a found region (``runtime.classify``), taken here on the ground-truth masks with the
-bundle's own anomaly map. ``shots`` keeps a few images per type, as a station would label
+for a found region (``runtime.classify``), taken here on the ground-truth mask's largest
+component (the runtime classifies one connected defect at a time) with the bundle's own map. ``shots`` keeps a few images per type, as a station would label
 them; the images used are recorded so an evaluation can leave them out.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ddqa.dataset import walk
+from ddqa.rules import largest_component
 from runtime.bundle import Bundle, BundleWriter
 from runtime.classify import FEATURES, DefectClassifier, describe_region
 from runtime.engine import EngineOptions
@@ -24,14 +25,15 @@ from runtime.expert import Expert
 from runtime.imageio import read_image
 
 FILE = "classes/classifier.json"
-UNKNOWN_MARGIN = 2.0  # × the 95th percentile of leave-one-out nearest distances among the examples
+UNKNOWN_MARGIN = 2.0  # × the 95th percentile of each example's distance to its nearest same-type example
 
 
-def loo_nearest(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each example's distance to, and index of, its nearest other example."""
+def same_class_nearest(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each example's distance to the nearest other example of its own type (inf when it is alone)."""
     d = np.linalg.norm(z[:, None, :] - z[None, :, :], axis=2)
+    d[labels[:, None] != labels[None, :]] = np.inf
     np.fill_diagonal(d, np.inf)
-    return d.min(axis=1), d.argmin(axis=1)
+    return d.min(axis=1)
 
 
 def fit(vectors: np.ndarray, labels: np.ndarray, names: list[str], k: int = 3) -> DefectClassifier:
@@ -40,10 +42,11 @@ def fit(vectors: np.ndarray, labels: np.ndarray, names: list[str], k: int = 3) -
     # turn small differences at run time into large distances
     std = np.maximum(vectors.std(axis=0), 0.05 * (1.0 + np.abs(mean)))
     z = (vectors - mean) / std
-    max_d = float("inf")
-    if len(z) >= 3:
-        near, _ = loo_nearest(z)
-        max_d = float(np.percentile(near, 95) * UNKNOWN_MARGIN)
+    # "unknown" is judged against how far examples of one type lie from each other; a distance
+    # between two types would make the cutoff so loose that nothing is ever unknown
+    near = same_class_nearest(z, labels)
+    near = near[np.isfinite(near)]
+    max_d = float(np.percentile(near, 95) * UNKNOWN_MARGIN) if len(near) >= 2 else float("inf")
     return DefectClassifier(names, mean.astype(np.float32), std.astype(np.float32), z.astype(np.float32),
                             labels.astype(np.int64), min(k, len(z)), max_d)
 
@@ -86,7 +89,8 @@ def fit_classes(bundle_path: str | Path, dataset: str | Path, shots: int | None 
         frame = read_image(root / it.image)
         amap = expert([frame])[0].anomaly_map
         amap_frame = cv2.resize(amap, it.size, interpolation=cv2.INTER_LINEAR)
-        vecs.append(describe_region(frame, it.mask, amap_frame, pixel_t))
+        # the largest component, as the runtime classifies one connected defect at a time
+        vecs.append(describe_region(frame, largest_component(it.mask), amap_frame, pixel_t))
         labels.append(names.index(it.defect))
     x, y = np.stack(vecs), np.asarray(labels)
     clf = fit(x, y, names, k)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-_NUM = re.compile(r"-?\d+(?:\.\d+)?")
-_YES = re.compile(r"\b(?:yes|defective|has a defect|there is a defect|anomal(?:y|ous))\b")
-_NO = re.compile(r"\b(?:no|normal|defect[- ]free|no defects?|not defective)\b")
+_NUM = re.compile(r"(?<![A-Za-z0-9.])-?\d+(?:\.\d+)?")  # not the 0 of "x0" nor digits inside words
+_YES = re.compile(r"\b(?:yes|defective|has an? (?:defect|flaw)|there is an? (?:defect|flaw)|anomal\w*)\b")
+_NO = re.compile(r"\b(?:no|not (?:defective|anomalous)|normal|defect free|without (?:any )?defects?|"
+                 r"(?:don't|do not|cannot|can't) see any (?:defect|anomal\w*|flaw))\b")
+_LETTER = re.compile(r"^\s*(?:\(([a-z])\)|([a-z])(?:[.):]|\s*$))")  # "(c) ...", "c.", "c)", "c:" or "c" alone
 
 
 def _norm(text: str) -> str:
@@ -23,11 +25,14 @@ def yes_no(text: str) -> str | None:
 
 
 def option(text: str, options: list[str]) -> str | None:
-    """The option the answer names first (by name, or by letter A–D as the options were listed)."""
+    """The option the answer names first: by a letter standing alone ("(C)", "c.") as the options
+    were listed, else by name."""
     t = _norm(text)
-    letter = re.match(r"\s*\(?([a-d])\)?(?:[.):\s]|$)", t)
-    if letter and ord(letter.group(1)) - 97 < len(options):
-        return options[ord(letter.group(1)) - 97]
+    m = _LETTER.match(t)
+    if m:
+        k = ord(m.group(1) or m.group(2)) - 97
+        if k < len(options):
+            return options[k]
     hits = [(m.start(), -len(o), o) for o in options for m in re.finditer(rf"\b{re.escape(_norm(o))}\b", t)]
     return min(hits)[2] if hits else None
 

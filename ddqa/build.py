@@ -30,7 +30,7 @@ def questions(item: Item, types: list[str], rng: np.random.Generator, product: s
     if defect and item.mask is not None:
         cell = rough_cell(item.mask)
         box = norm_box(item.mask, components)
-        truth = {"cell": cell, "box": box, "area_frac": round(float(item.mask.mean()), 6)}
+        truth = {"cell": cell, "box": box, "components": components, "area_frac": round(float(item.mask.mean()), 6)}
         out.append({"task": "RDL", "question": question("RDL", rng, product), "options": cell_options(cell, rng),
                     "answer": cell, "truth": truth})
         out.append({"task": "DFM", "question": question("DFM", rng, product), "answer": box, "truth": truth})

@@ -53,16 +53,35 @@ def read_questions(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             except json.JSONDecodeError as e:
                 problems.append(f"{path}:{n}: not JSON ({e.msg})")
                 continue
-            missing = [k for k in ("task", "image", "answer", "root") if not isinstance(r, dict) or k not in r]
-            if missing:
-                problems.append(f"{path}:{n}: missing {', '.join(missing)}")
-            elif r["task"] not in TASKS:
-                problems.append(f"{path}:{n}: unknown task {r['task']!r} (use {', '.join(TASKS)})")
+            why = invalid(r)
+            if why:
+                problems.append(f"{path}:{n}: {why}")
             else:
                 recs.append(r)
     if not recs:
         raise InputError(f"--ddqa {path}: no usable questions" + (f" ({problems[0]})" if problems else ""))
     return recs, problems
+
+
+def invalid(r: Any) -> str | None:
+    """Why a record cannot be scored, or None: each task's own fields are checked here, so a bad
+    line is named with its number instead of failing the run later."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    missing = [k for k in ("task", "image", "answer", "root", "question") if k not in r]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    task, ans = r["task"], r["answer"]
+    if task not in TASKS:
+        return f"unknown task {task!r} (use {', '.join(TASKS)})"
+    if task in ("RDL", "DC") and not (isinstance(r.get("options"), list) and ans in r["options"]):
+        return f"{task} needs a list of options holding the answer"
+    if task == "AD" and ans not in ("yes", "no"):
+        return "AD answer must be yes or no"
+    if task == "DFM" and not (isinstance(ans, list) and len(ans) == 4 and all(isinstance(v, (int, float))
+                                                                               for v in ans)):
+        return "DFM answer must be a box of four numbers"
+    return None
 
 
 class Runtime:
@@ -121,8 +140,8 @@ def runtime_answer(rec: dict[str, Any], res: dict[str, Any], union: np.ndarray) 
         return "yes" if res["verdict"] == "defect" else "no"
     if task == "RDL":
         return best_option(cell_shares(union), rec["options"]) if union.any() else None
-    if task == "DFM":
-        return norm_box(union) if union.any() else None
+    if task == "DFM":  # the same rule the answer was built with
+        return norm_box(union, (rec.get("truth") or {}).get("components", "largest")) if union.any() else None
     cls = res["defects"][0].get("class") if res["defects"] else None
     return cls if cls and cls != UNKNOWN else None
 
@@ -144,6 +163,21 @@ def score(rec: dict[str, Any], pred: Any) -> tuple[bool, float | None]:
     return pred == rec["answer"], None
 
 
+def fitted_on(bundle: Bundle) -> tuple[str | None, set[str]]:
+    """(the dataset folder's name, relative image paths) the classifier was fitted on."""
+    fit = (bundle.manifest.get("classes") or {}).get("fit", {})
+    return (Path(fit["dataset"]).name if fit.get("dataset") else None), set(fit.get("images", []))
+
+
+def tuned_on(bundle: Bundle) -> str | None:
+    """The labelled dataset the thresholds were tuned on (the f1 rule), from the calibration report."""
+    rel = (bundle.manifest.get("calibration") or {}).get("report")
+    try:
+        return json.loads((bundle.root / rel).read_text()).get("dataset") if rel else None
+    except (OSError, ValueError):
+        return None
+
+
 def chance(task: str, recs: list[dict[str, Any]]) -> float | None:
     if task == "DFM":
         return None
@@ -154,15 +188,20 @@ def chance(task: str, recs: list[dict[str, Any]]) -> float | None:
 def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "fp32", root: str | None = None,
              use_llm: bool = True, limit: int | None = None, sam_mode: str = "roi", top_k: int = 3,
              opts: EngineOptions | None = None, progress: bool = True) -> dict[str, Any]:
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: give a positive number of images")
     bundle = Bundle.load(bundle_path)
     recs, problems = read_questions(ddqa_path)
     rt = Runtime(bundle, precision, opts or EngineOptions(), use_llm, sam_mode, top_k)
-    fit = (bundle.manifest.get("classes") or {}).get("fit", {})
-    fit_images = set(fit.get("images", []))
+    fit_name, fit_images = fitted_on(bundle)
     by_image: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in recs:
         by_image[(root or r["root"], r["image"])].append(r)
-    images = list(by_image.items())[:limit] if limit else list(by_image.items())
+    images = list(by_image.items())[:limit]
+    recs = [r for _, qs in images for r in qs]  # what is scored, for the chance row too
+    roots = {Path(b).resolve() for (b, _), _ in images}
+    tuned = tuned_on(bundle)
+    tuned_here = bool(tuned) and Path(tuned).resolve() in roots
     systems = [rt.name] + (["LLM"] if rt.explainer else [])
     hits: dict[str, dict[str, list[bool]]] = {s: defaultdict(list) for s in systems}
     ious: dict[str, list[float]] = {s: [] for s in systems}
@@ -174,10 +213,15 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
         except Exception as e:  # one unreadable image costs its own questions
             problems.append(f"{path}: unreadable image ({e})")
             continue
-        res, union = rt.inspect(frame)
+        try:
+            res, union = rt.inspect(frame)
+        except Exception as e:  # one image the stages fail on costs its own questions
+            problems.append(f"{path}: inspection failed ({type(e).__name__}: {e})")
+            continue
         findings = findings_for_prompt(res, bundle.product)
         for q in qs:
-            if q["task"] == "DC" and rel in fit_images and Path(fit.get("dataset", "")) == Path(q["root"]):
+            # matched by path inside the dataset and the dataset folder's name: a moved copy still counts
+            if q["task"] == "DC" and rel in fit_images and fit_name == Path(base).name:
                 excluded += 1
                 continue
             preds = {rt.name: runtime_answer(q, res, union)}
@@ -196,7 +240,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
               "n": {t: len(hits[s][t]) for t in TASKS}} for s in systems}
     table["random chance"] = {t: (round(100 * c, 1) if (c := chance(t, recs)) is not None else None) for t in TASKS}
     return {"bundle": str(bundle.root), "ddqa": str(ddqa_path), "precision": precision, "images": len(images),
-            "table": table, "dc_excluded_fit_images": excluded,
+            "table": table, "dc_excluded_fit_images": excluded, "thresholds_tuned_on_this_data": tuned_here,
             "grounding_rate": round(float(np.mean(grounded)), 3) if grounded else None,
             "explanations": len(grounded), "problems": problems, "answers": rows}
 
@@ -210,6 +254,8 @@ def describe_table(rep: dict[str, Any]) -> str:
         lines.append(f"{name:<34}" + "".join(f"{'—' if v is None else v:>7}" for v in cells))
     if rep["grounding_rate"] is not None:
         lines.append(f"explanations grounded: {100 * rep['grounding_rate']:.1f}% of {rep['explanations']}")
+    if rep.get("thresholds_tuned_on_this_data"):
+        lines.append("note: the thresholds were tuned (f1 rule) on these images: AD, RDL and DFM are optimistic")
     if rep["dc_excluded_fit_images"]:
         lines.append(f"DC: {rep['dc_excluded_fit_images']} questions left out (their images fitted the classifier)")
     return "\n".join(lines)

@@ -58,6 +58,8 @@ def box_iou(a: list[float], b: list[float]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def best_option(shares: dict[str, float], options: list[str]) -> str:
-    """The option holding the largest share of a predicted mask (ties: the first option)."""
-    return max(options, key=lambda c: shares.get(c, 0.0))
+def best_option(shares: dict[str, float], options: list[str]) -> str | None:
+    """The option holding the largest share of a predicted mask (ties: the first option); None
+    when no option holds any of it (no free guess)."""
+    best = max(options, key=lambda c: shares.get(c, 0.0))
+    return best if shares.get(best, 0.0) > 0 else None

@@ -100,8 +100,13 @@ class DefectClassifier:
                     np.asarray(d["labels"], np.int64), int(d["k"]), float(d["max_distance"]))
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{where}: not a usable defect classifier ({e})") from None
-        if len(c.examples) != len(c.labels) or not len(c.labels) or c.labels.max() >= len(c.names):
+        if len(c.examples) != len(c.labels) or not len(c.labels) or c.labels.min() < 0 \
+                or c.labels.max() >= len(c.names):
             raise BundleError(f"{where}: examples and labels do not match the names")
+        if c.mean.shape != (len(FEATURES),) or c.std.shape != (len(FEATURES),) or not (c.std > 0).all():
+            raise BundleError(f"{where}: mean and std must hold {len(FEATURES)} values, std above 0")
+        if c.k < 1:
+            raise BundleError(f"{where}: k must be at least 1")
         return c
 
     @classmethod

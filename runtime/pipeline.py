@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -135,13 +136,14 @@ class Pipeline:
         self.q_expert: queue.Queue[Any] = queue.Queue(max(cfg.max_batch * 4, 8))
         self.q_defect: queue.Queue[Any] = queue.Queue(cfg.defect_queue)
         self.q_llm: queue.Queue[Any] = queue.Queue(cfg.llm_queue)
+        self.q_results: queue.Queue[Any] = queue.Queue()  # bounded upstream by the defect and LLM queues
         self.llm_lock = threading.Lock()  # dropping the oldest and putting the newest is one step
         self.imagezmq_count = 0
         self.artifacts = Artifacts(cfg.artifacts, cfg.keep_artifacts) if cfg.artifacts else None
         self.threads = [threading.Thread(target=f, args=args, name=n, daemon=True) for n, f, args in (
             ("decode", self._decode_loop, ()),
             *((f"expert{i}" if i else "expert", self._expert_loop, (ex,)) for i, ex in enumerate(self.experts)),
-            ("defects", self._defect_loop, ()), ("explain", self._llm_loop, ()))]
+            ("defects", self._defect_loop, ()), ("explain", self._llm_loop, ()), ("results", self._results_loop, ()))]
 
     # ---- loading -------------------------------------------------------------------------
     def _load(self, name: str, make: Callable[[], Any]) -> Any:
@@ -241,6 +243,19 @@ class Pipeline:
             self.q_expert.put(frame)  # bounded: the decoder waits for the expert, the ingest queue absorbs
 
     def _expert_loop(self, expert: Expert) -> None:
+        try:
+            self._expert_batches(expert)
+        except BaseException as e:  # only a bug gets here; the station keeps its other workers
+            log.exception("an expert worker stopped")
+            self.health["expert"] = f"degraded: a worker stopped ({e})"
+        finally:
+            with self.experts_lock:  # the last worker out passes the sentinel on
+                self.experts_left -= 1
+                last = self.experts_left == 0
+            if last:
+                self.q_defect.put(STOP)
+
+    def _expert_batches(self, expert: Expert) -> None:
         stopping = False
         while not stopping:
             first = self.q_expert.get()
@@ -263,11 +278,6 @@ class Pipeline:
                 log.exception("expert stage failed")
                 for f in batch:
                     self._error(f.frame_id, f.camera, f"expert stage failed: {e}", "stage_failed", f.ts)
-        with self.experts_lock:  # the last worker out passes the sentinel on
-            self.experts_left -= 1
-            last = self.experts_left == 0
-        if last:
-            self.q_defect.put(STOP)
 
     def _run_expert(self, expert: Expert, batch: list[Frame]) -> None:
         t0 = time.time()
@@ -312,14 +322,14 @@ class Pipeline:
         while True:
             item = self.q_defect.get()
             if item is STOP:
-                self.q_llm.put(STOP)
+                self.q_results.put(STOP)  # the results thread passes it on to the LLM, after the masks
                 return
             f, r, rec = item
             try:
                 self._defects(f, r, rec)
             except Exception as e:  # one frame's failure: an error for it, the stage goes on
                 log.exception("defect stage failed on %s", f.frame_id)
-                self._error(f.frame_id, f.camera, f"defect stage failed: {e}", "stage_failed", f.ts, status="verdict")
+                self.q_results.put(("error", f, f"defect stage failed: {e}"))
 
     def _defects(self, f: Frame, r: Any, rec: dict[str, Any]) -> None:
         defects = find_defects(f.image, r.anomaly_map, self.bundle.thresholds, self.sam, self.cfg.top_k,
@@ -328,6 +338,9 @@ class Pipeline:
         rec = rec | {"defects": [d.to_dict() for d in defects]}
         png = mask_png(defects)
         paths = self.artifacts.save(f, r, defects, png, self.bundle.thresholds.get("pixel")) if self.artifacts else {}
+        self.q_results.put(("masks", f, rec, png, paths))
+
+    def _masks_out(self, f: Frame, rec: dict[str, Any], png: bytes | None, paths: dict[str, str]) -> None:
         if self.store:
             self.store.update(f.frame_id, f.camera, f.ts, findings={"hottest": rec["hottest"],
                                                                     "defects": rec["defects"]},
@@ -354,20 +367,44 @@ class Pipeline:
         while True:
             item = self.q_llm.get()
             if item is STOP:
+                self.q_results.put(STOP)
                 return
             f, rec = item
             try:
                 e = self.explainer.explain(rec)
                 f.ts["explained"] = time.time()
-                if self.store:
-                    self.store.update(f.frame_id, f.camera, f.ts, explanation=e)
             except Exception as exc:  # one frame's failure: an error for it, the stage goes on
                 log.exception("explanation failed on %s", f.frame_id)
-                self._error(f.frame_id, f.camera, f"explanation failed: {exc}", "stage_failed", f.ts, status="verdict")
+                self.q_results.put(("error", f, f"explanation failed: {exc}"))
                 continue
-            self.publish("explanation", self._body(f) | {"explanation": e, "ts": dict(f.ts)}, None)
-            self.stats.inc("explanations")
-            self.stats.observe("explanation", f.ts["explained"] - f.ts["received"])
+            self.q_results.put(("explanation", f, e))
+
+    def _results_loop(self) -> None:
+        """Store writes and publishes of the background stages, at normal priority: a lowered
+        thread holding the store's lock would make the expert's verdict writes wait for it."""
+        stops = 0
+        while True:
+            item = self.q_results.get()
+            if item is STOP:  # the first from the defect stage (pass it on), the second from the LLM
+                stops += 1
+                if stops == 2:
+                    return
+                self.q_llm.put(STOP)
+                continue
+            kind, f, *rest = item
+            try:
+                if kind == "masks":
+                    self._masks_out(f, *rest)
+                elif kind == "explanation":
+                    if self.store:
+                        self.store.update(f.frame_id, f.camera, f.ts, explanation=rest[0])
+                    self.publish("explanation", self._body(f) | {"explanation": rest[0], "ts": dict(f.ts)}, None)
+                    self.stats.inc("explanations")
+                    self.stats.observe("explanation", f.ts["explained"] - f.ts["received"])
+                else:
+                    self._error(f.frame_id, f.camera, rest[0], "stage_failed", f.ts, status="verdict")
+            except Exception:  # a full disk or a closed socket: logged, the results thread goes on
+                log.exception("publishing the %s of %s failed", kind, f.frame_id)
 
     # ---- helpers -------------------------------------------------------------------------
     @staticmethod
@@ -398,7 +435,7 @@ def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions) -> li
     line's batches are small, and one frame's intra-op work does not keep every core busy."""
     cores = os.cpu_count() or 1
     want = cfg.expert_workers or min(4, cores)
-    per = opts.threads or max(1, cores // want)
+    per = max(1, (opts.threads or cores) // want)  # the threads asked for (or the cores), split
     first = Expert(bundle, cfg.precision, replace(opts, threads=per if want > 1 else opts.threads))
     if first.engine.provider != "CPUExecutionProvider" and not cfg.expert_workers:
         return [first]  # a GPU runs one session's batches; more would only contend for it
@@ -407,7 +444,7 @@ def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions) -> li
 
 def lower_priority(nice: int) -> None:
     """Raise the calling thread's niceness by ``nice`` (Linux: per thread; new threads inherit it)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
+    if nice <= 0 or not sys.platform.startswith("linux"):  # elsewhere the id would name a process
         return
     try:
         tid = threading.get_native_id()

@@ -20,6 +20,7 @@ from ddqa.corpus import build_corpus
 from ddqa.evaluate import read_questions
 from ddqa.rules import box_iou, cell_options, norm_box, rough_cell
 from runtime.classify import UNKNOWN, DefectClassifier, describe_region
+from runtime.errors import BundleError
 from runtime.findings import CELLS, grid_cell
 from runtime.grounding import check
 from runtime.prompting import DEFAULT_PROMPT, PromptBuilder
@@ -61,6 +62,41 @@ def test_answer_parsing():
     assert answers.box("box 0.1 0.2 0.5 0.6") == [0.1, 0.2, 0.5, 0.6]
     assert answers.box("from 10% 20% to 50% 60%") == pytest.approx([0.1, 0.2, 0.5, 0.6])
     assert answers.box("0.5 0.1") is None
+    # the question's own "x0, y0, x1, y1" must not be read as numbers; a leading article is not option (A)
+    assert answers.box("x0: 0.12, y0: 0.30, x1: 0.5, y1: 0.6") == [0.12, 0.3, 0.5, 0.6]
+    classes = ["blowhole", "break", "crack", "fray", "uneven"]
+    assert answers.option("A crack across the tile.", classes) == "crack"
+    assert answers.option("(E) uneven", classes) == "uneven" and answers.option("a", classes) == "blowhole"
+    assert answers.yes_no("It is not anomalous.") == "no" and answers.yes_no("I don't see any defect") == "no"
+    assert answers.yes_no("There are anomalies here") == "yes"
+
+
+def test_runtime_answers_and_scores_on_hand_made_masks():
+    from ddqa.evaluate import invalid, runtime_answer, score
+    from ddqa.rules import best_option
+    from runtime.findings import cell_shares
+
+    union = _rect(45, 55, 2, 22).astype(bool)  # the bottom-left block
+    truth_box = [0.0, 45 / H, 20 / W, 55 / H]  # shifted 2 px left of the prediction: IoU 18/22
+    rec = {"task": "DFM", "answer": truth_box, "truth": {"components": "largest"}}
+    pred = runtime_answer(rec, {"verdict": "defect", "defects": []}, union)
+    hit, iou = score(rec, pred)
+    assert iou == pytest.approx(18 / 22, abs=1e-3) and hit
+    hit, iou = score(rec | {"answer": [0.5, 0.0, 0.6, 0.1]}, pred)
+    assert iou == 0.0 and not hit
+    assert score(rec, None) == (False, 0.0)  # no mask found: a miss, not a crash
+    opts = ["bottom-left", "top-right", "center", "top-left"]
+    assert runtime_answer({"task": "RDL", "options": opts}, {}, union) == "bottom-left"
+    assert best_option(cell_shares(union), ["top-right", "center"]) is None  # no free guess
+    assert runtime_answer({"task": "AD"}, {"verdict": "normal"}, union) == "no"
+    dc = {"task": "DC", "options": ["hole", "scratch"], "answer": "hole"}
+    assert runtime_answer(dc, {"defects": [{"class": "unknown"}]}, union) is None  # unknown is never right
+    assert runtime_answer(dc, {"defects": [{"class": "hole"}]}, union) == "hole"
+    base = {"image": "a.png", "root": "/r", "question": "q"}
+    assert invalid(base | {"task": "DC", "answer": "hole"}) == "DC needs a list of options holding the answer"
+    assert invalid(base | {"task": "DFM", "answer": [0, 1]}) == "DFM answer must be a box of four numbers"
+    assert invalid(base | {"task": "AD", "answer": "maybe"}) == "AD answer must be yes or no"
+    assert invalid(base | dc) is None
 
 
 @pytest.fixture()
@@ -120,14 +156,13 @@ def test_build_answers_and_problems(small_mvtec, tmp_path):
 
 def test_bad_jsonl_lines_are_named_and_the_rest_is_read(tmp_path):
     p = tmp_path / "q.jsonl"
-    good = {"task": "AD", "image": "a.png", "answer": "yes", "root": "/x"}
-    p.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"task": "XX"} | {k: good[k] for k in
-                                                                                 ("image", "answer", "root")})
+    good = {"task": "AD", "image": "a.png", "answer": "yes", "root": "/x", "question": "Is there a defect?"}
+    p.write_text(json.dumps(good) + "\n{not json\n" + json.dumps(good | {"task": "XX"})
                  + "\n" + json.dumps({"task": "AD"}) + "\n")
     recs, problems = read_questions(p)
     assert recs == [good] and len(problems) == 3
     assert problems[0].startswith(f"{p}:2: not JSON") and f"{p}:3: unknown task" in problems[1]
-    assert f"{p}:4: missing image, answer, root" == problems[2]
+    assert f"{p}:4: missing image, answer, root, question" == problems[2]
 
 
 def test_classifier_is_knn_as_scikit_learn_computes_it_and_says_unknown_far_away():
@@ -150,6 +185,12 @@ def test_classifier_is_knn_as_scikit_learn_computes_it_and_says_unknown_far_away
     assert clf.predict(x[0])[0] == "a"
     back = DefectClassifier.from_dict(json.loads(json.dumps(clf.to_dict())))
     assert [back.predict(v)[0] for v in q] == [clf.predict(v)[0] for v in q]
+    bad = clf.to_dict() | {"std": clf.std.tolist()[:3]}
+    with pytest.raises(BundleError, match="mean and std must hold 8 values"):
+        DefectClassifier.from_dict(bad, "classes/classifier.json")
+    # one example per type: no distance within a type to judge by, so nothing is called unknown
+    one = fit(x[::12], y[::12], names, 3)
+    assert one.max_distance == float("inf")
 
 
 def test_descriptors_tell_a_scratch_from_a_hole():
