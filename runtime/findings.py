@@ -26,9 +26,10 @@ def cell_shares(mask: np.ndarray) -> dict[str, float]:
     h, w = mask.shape
     ys = np.minimum(np.arange(h) * 3 // h, 2)
     xs = np.minimum(np.arange(w) * 3 // w, 2)
-    m = mask > 0
-    total = max(1, int(m.sum()))
-    return {GRID[r][c]: float(m[ys == r][:, xs == c].sum()) / total for r in range(3) for c in range(3)}
+    yy, xx = np.nonzero(mask)
+    counts = np.bincount(ys[yy] * 3 + xs[xx], minlength=9)  # one pass over the mask's pixels
+    total = max(1, len(yy))
+    return {CELLS[i]: float(counts[i]) / total for i in range(9)}
 
 
 def grid_cell(mask: np.ndarray) -> str:
@@ -75,8 +76,12 @@ def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: in
     mask = (amap >= level).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     sx, sy = fw / mw, fh / mh
+    # measure only the top_k hottest components: a noisy map can have hundreds above the level
+    peaks = np.full(n, -np.inf, np.float64)
+    np.maximum.at(peaks, labels.ravel(), amap.ravel().astype(np.float64))
+    hottest = [int(k) for k in np.argsort(-peaks[1:], kind="stable")[:top_k] + 1]
     out = []
-    for lab in range(1, n):
+    for lab in hottest:
         x, y, w, h, area = (int(v) for v in stats[lab])
         sel = labels == lab
         vals = amap[sel]
