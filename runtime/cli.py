@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--classes", action="store_true",
                    help="also fit the defect classifier from --dataset's defect folders and masks")
     c.add_argument("--shots", type=_positive(int), help="labelled images per defect type for --classes (default: all)")
+    c.add_argument("--classes-only", action="store_true",
+                   help="fit the defect classifier from --dataset and leave the thresholds as they are")
 
     q = sub.add_parser("quantize", help="INT8/FP16/TensorRT variants of the expert, each through an accuracy gate")
     q.add_argument("bundle")
@@ -436,20 +438,27 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     _calibration()
     from calibration.calibrate import calibrate, describe
 
-    if not a.normal and not a.dataset and a.threshold is None:
+    if not a.normal and not a.dataset and a.threshold is None and not a.classes_only:
         raise LineguardError("give --normal DIR, --dataset ROOT or --threshold T")
-    if a.classes and not a.dataset:
+    if (a.classes or a.classes_only) and not a.dataset:
         raise LineguardError("--classes needs --dataset ROOT (defect folders with masks)")
+    if a.classes_only:
+        _print_classes(a)
+        return 0
     rep = calibrate(a.bundle, a.normal, a.dataset, a.rule, a.threshold, a.pixel_threshold, a.folds, a.seed,
                     a.report)
     print(describe(rep))
     if a.classes:
-        from calibration.classes import fit_classes
-
-        c = fit_classes(a.bundle, a.dataset, a.shots, seed=a.seed)
-        print(f"classes   {', '.join(f'{n} ({k})' for n, k in c['examples'].items())}; leave-one-out accuracy "
-              f"{100 * c['loo_accuracy']:.1f}%, unknown beyond distance {c['max_distance']:.2f}")
+        _print_classes(a)
     return 0
+
+
+def _print_classes(a: argparse.Namespace) -> None:
+    from calibration.classes import fit_classes
+
+    c = fit_classes(a.bundle, a.dataset, a.shots, seed=a.seed)
+    print(f"classes   {', '.join(f'{n} ({k})' for n, k in c['examples'].items())}; leave-one-out accuracy "
+          f"{100 * c['loo_accuracy']:.1f}%, unknown beyond distance {c['max_distance']:.2f}")
 
 
 def cmd_ddqa(a: argparse.Namespace) -> int:

@@ -239,7 +239,13 @@ def test_eval_end_to_end_through_the_runtime_and_the_llm(full_bundle, synth, tmp
     shutil.copytree(full_bundle, b)
     r = lg("calibrate", b, "--dataset", synth, "--rule", "f1", "--classes", "--shots", "1")
     assert r.returncode == 0 and "leave-one-out accuracy" in r.stdout, r.stderr
+    r = lg("calibrate", b, "--classes-only")
+    assert r.returncode == 1 and "--classes needs --dataset ROOT" in r.stderr and r.stderr.count("\n") == 1
+    thresholds = json.loads((b / "manifest.json").read_text())["thresholds"]
+    r = lg("calibrate", b, "--dataset", synth, "--classes-only", "--shots", "1")  # refit, thresholds untouched
+    assert r.returncode == 0 and "leave-one-out accuracy" in r.stdout, r.stderr
     m = json.loads((b / "manifest.json").read_text())
+    assert m["thresholds"] == thresholds
     assert m["classes"]["names"] == sorted(DEFECTS) and len(m["classes"]["fit"]["images"]) == len(DEFECTS)
     q = tmp_path / "q.jsonl"
     assert lg("ddqa", "build", "--dataset", synth, "--out", q).returncode == 0
