@@ -205,6 +205,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     systems = [rt.name] + (["LLM"] if rt.explainer else [])
     hits: dict[str, dict[str, list[bool]]] = {s: defaultdict(list) for s in systems}
     ious: dict[str, list[float]] = {s: [] for s in systems}
+    answered: dict[str, int] = {s: 0 for s in systems}  # answers given in a readable form
     excluded, grounded, rows = 0, [], []
     for (base, rel), qs in tqdm(images, desc="ddqa eval", unit="img", disable=not progress):
         path = Path(base) / rel
@@ -228,6 +229,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
             if rt.explainer:
                 preds["LLM"] = llm_answer(q, rt.ask(findings, q))
             for s, p in preds.items():
+                answered[s] += p is not None
                 hit, iou = score(q, p)
                 hits[s][q["task"]].append(hit)
                 if iou is not None:
@@ -237,7 +239,8 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
             grounded.append(bool(rt.explainer.explain(res)["consistent"]))
     table = {s: {t: (round(100 * float(np.mean(hits[s][t])), 1) if hits[s][t] else None) for t in TASKS} |
              {"DFM_mIoU": round(float(np.mean(ious[s])), 3) if ious[s] else None,
-              "n": {t: len(hits[s][t]) for t in TASKS}} for s in systems}
+              "n": {t: len(hits[s][t]) for t in TASKS},
+              "answered": round(answered[s] / max(1, sum(len(v) for v in hits[s].values())), 3)} for s in systems}
     table["random chance"] = {t: (round(100 * c, 1) if (c := chance(t, recs)) is not None else None) for t in TASKS}
     return {"bundle": str(bundle.root), "ddqa": str(ddqa_path), "precision": precision, "images": len(images),
             "table": table, "dc_excluded_fit_images": excluded, "thresholds_tuned_on_this_data": tuned_here,
@@ -252,6 +255,9 @@ def describe_table(rep: dict[str, Any]) -> str:
     for name, row in rep["table"].items():
         cells = [row.get("AD"), row.get("RDL"), row.get("DFM"), row.get("DFM_mIoU"), row.get("DC")]
         lines.append(f"{name:<34}" + "".join(f"{'—' if v is None else v:>7}" for v in cells))
+    for name, row in rep["table"].items():
+        if "answered" in row and row["answered"] < 1:
+            lines.append(f"{name}: {100 * row['answered']:.1f}% of the questions answered in a readable form")
     if rep["grounding_rate"] is not None:
         lines.append(f"explanations grounded: {100 * rep['grounding_rate']:.1f}% of {rep['explanations']}")
     if rep.get("thresholds_tuned_on_this_data"):

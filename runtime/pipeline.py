@@ -51,7 +51,7 @@ class ServeConfig:
     llm_queue: int = 8
     threads: int = 0  # intra-op threads per session, 0 = every core (measured best with spinning off)
     expert_workers: int = 0  # expert sessions side by side, threads split between them; 0 = auto (CPU: one per
-    # core up to 4, GPU: 1). Measured: two 1-thread sessions give 2.2x the frames/s of one 2-thread session.
+    # core up to 4, GPU: 1). Measured (benchmarks/expert_workers.py): 1.1-1.5x one 2-thread session's frames/s.
     spinning: bool = False  # spinning workers steal the cores the other stages' sessions need
     sam_precision: str | None = None  # None: the expert's precision where SAM has it, else fp32
     background_threads: int = 1  # intra-op threads for SAM and the LLM (0 = every core)
