@@ -22,7 +22,7 @@ DEFAULT_PROMPT: dict[str, Any] = {
         "{% for r in regions %}"
         "Region {{ loop.index }}: {{ r.cell }} cell, box {{ r.box_norm|join(' ') }}, "
         "{{ '%.1f'|format(100 * r.area_frac) }}% of the image, peak {{ '%.2f'|format(r.peak) }}"
-        "{% if r.get('class') %}, type {{ r['class'] }}{% endif %}\n"
+        "{{ ', type ' ~ r['class'] if r.get('class') else '' }}\n"  # no block tag here: trim_blocks would eat the \n
         "{% endfor %}"
         "Explain the defect."
     ),

@@ -226,6 +226,9 @@ def test_corpus_references_are_grounded_in_their_findings(small_mvtec, tmp_path)
         g = check(r["reference"], r["findings"], ["hole", "scratch"])
         assert g["consistent"], (r["reference"], g)
     s1 = next(r for r in recs if r["image"].endswith("s1.png"))
+    lines = s1["messages"][1]["content"].splitlines()  # each region on its own line, the instruction last
+    assert [x.split(":")[0] for x in lines[2:]] == ["Region 1", "Region 2", "Explain the defect."]
+    assert lines[2].endswith("type scratch")
     assert len(s1["findings"]["regions"]) == 2 and s1["findings"]["regions"][0]["cell"] == "bottom-left"
     assert "scratch" in s1["reference"] and "bottom-left" in s1["reference"] and "1 smaller region" in s1["reference"]
     g0 = next(r for r in recs if r["image"].endswith("g0.png"))
