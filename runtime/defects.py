@@ -76,9 +76,8 @@ def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any]
     best place to look. Unflagged frames get defects only where pixels pass. With a
     ``classifier`` each defect gets its type (``class``).
     """
-    out = _find(frame, amap, thresholds, sam, top_k, mode, pad, min_roi, flagged)
-    if classifier is not None and out:
-        amap_frame = cv2.resize(amap, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+    out, amap_frame = _find(frame, amap, thresholds, sam, top_k, mode, pad, min_roi, flagged)
+    if classifier is not None and amap_frame is not None:
         for d in out:
             if d.mask.any():
                 d.cls, d.class_distance = classifier.predict(
@@ -87,19 +86,19 @@ def find_defects(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any]
 
 
 def _find(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: SamStage | None, top_k: int,
-          mode: str, pad: float, min_roi: int, flagged: bool) -> list[Defect]:
+          mode: str, pad: float, min_roi: int, flagged: bool) -> tuple[list[Defect], np.ndarray | None]:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: use one of {MODES}")
     h, w = frame.shape[:2]
     if float(amap.max()) <= float(amap.min()):  # a flat map points nowhere
-        return []
+        return [], None
     level = default_level(amap, thresholds.get("pixel"))
     found = prompts(amap, (h, w), level, top_k, pad)
     if not found and flagged and "pixel" in thresholds:
         level = default_level(amap, None)
         found = prompts(amap, (h, w), level, top_k, pad)
     if not found:
-        return []
+        return [], None
     amap_frame = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
     components: list[np.ndarray] = []  # frame-sized labels, computed only when an expert mask is needed
 
@@ -120,7 +119,7 @@ def _find(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: 
             if key not in seen:
                 seen.add(key)
                 out.append(d)
-        return out
+        return out, amap_frame
     x0, y0, x1, y1 = roi_crop([b for b, _, _ in found], (h, w), min_roi) if mode == "roi" else (0, 0, w, h)
     emb = sam.encode(frame[y0:y1, x0:x1])
     shift = np.array([x0, y0], np.float32)
@@ -136,7 +135,7 @@ def _find(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: 
             out.append(d)
         else:
             out.append(Defect(region, mask, "sam", m.iou))
-    return out
+    return out, amap_frame
 
 
 def _nearest_label(labels: np.ndarray, r: Region) -> int:
