@@ -243,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     v.add_argument("--threads", type=int, default=0)
 
+    sy = sub.add_parser("synth", help="a generated product line: parts, defects with masks (MVTec layout), a line video")
+    sy.add_argument("--out", required=True, help="folder to write (one MVTec category per part type)")
+    sy.add_argument("--n", type=int, default=40, help="train/good images per part type (test: a quarter of it each)")
+    sy.add_argument("--parts", help="comma list of tile, disc, label (default: all)")
+    sy.add_argument("--defects", help="comma list of scratch, crack, hole, stain, chip (default: all)")
+    sy.add_argument("--size", type=int, default=256)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--fps", type=float, default=10.0, help="frame rate of the line video")
+    sy.add_argument("--no-video", action="store_true")
+
     try:
         from ddqa.cli import add_parsers
     except ImportError:  # a runtime-only install has no ddqa package
@@ -461,6 +471,14 @@ def _print_classes(a: argparse.Namespace) -> None:
           f"{100 * c['loo_accuracy']:.1f}%, unknown beyond distance {c['max_distance']:.2f}")
 
 
+def cmd_synth(a: argparse.Namespace) -> int:
+    from synth.line import make_line
+
+    rep = make_line(a.out, a.n, a.parts, a.defects, a.size, a.seed, not a.no_video, a.fps)
+    print(json.dumps(rep))
+    return 0
+
+
 def cmd_ddqa(a: argparse.Namespace) -> int:
     from ddqa.cli import run
 
@@ -513,7 +531,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "serve": cmd_serve,
             "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "bench": cmd_bench, "calibrate": cmd_calibrate,
-            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo, "ddqa": cmd_ddqa}
+            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo, "ddqa": cmd_ddqa, "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
