@@ -173,6 +173,9 @@ def quantize_int8(src: str | Path, dst: str | Path, frames: Sequence[np.ndarray]
         body = onnx.load(str(dst))
         products = {n.name for n in body.graph.node if n.op_type in TAIL_OPS and n.name in set(tail)}
         tail_q = _gemm_as_matmul(body, products - set(cfg.exclude))
+    # an empty nodes_to_quantize means "every node" to ONNX Runtime: a graph without a product
+    # tail (a pure CNN expert) would get its already-quantized body quantized again
+    if tail_q:
         staged = dst.with_suffix(".tail.onnx")
         onnx.save(body, str(staged))
         with quiet_root_logger():  # it warns the graph "is already quantized": on purpose, its body is

@@ -7,6 +7,7 @@ from the graph where it is static, otherwise from flags.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,16 @@ def _pick(outputs: list[Any], wanted: str | None, words: tuple[str, ...], ranks:
         if any(w in o.name.lower() for w in words) and len(_dims(o)) in ranks:
             return o.name
     return None
+
+
+def trained_record(path: Path) -> dict[str, Any]:
+    """The ``.json`` that ``lineguard train expert`` writes beside its graph, if this is one."""
+    side = path.with_suffix(".json")
+    try:
+        rec = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) and rec.get("kind") == "segnet" and "parity" in rec else {}
 
 
 def import_onnx_expert(model: str | Path, out: str | Path, product: str | None = None,
@@ -75,7 +86,8 @@ def import_onnx_expert(model: str | Path, out: str | Path, product: str | None =
         hw = list(input_size)
     if not all(isinstance(d, int) and d > 0 for d in hw):
         raise LineguardError(f"{path}: input size is dynamic ({hw}): pass --input-size H W")
-    color = color or ("GRAY" if ch == 1 else "RGB")
+    record = trained_record(path)
+    color = color or record.get("input", {}).get("color") or ("GRAY" if ch == 1 else "RGB")
     if (color == "GRAY") != (ch == 1):
         raise LineguardError(f"{path}: --color {color} does not fit an input with {ch} channel(s)")
     is_float = elem == onnx.TensorProto.FLOAT
@@ -114,6 +126,9 @@ def import_onnx_expert(model: str | Path, out: str | Path, product: str | None =
             raise LineguardError(f"{path}: output {map_name!r} is not finite on a test input")
         prov = {"source": {"onnx": str(path.resolve()), "sha256": sha256_file(path)}, "libraries": library_versions()}
         parity = {"reference": "the imported graph itself (not re-exported)", "checked": "runs, finite map"}
+        if record:  # trained by `lineguard train expert`: its parity against PyTorch and how it was trained
+            parity = record["parity"] | {"reference": "PyTorch eager fp32 (train expert, before export)"}
+            prov["trained"] = {"config": record.get("config"), "training": record.get("training")}
         write_expert_stage(writer, "onnx", spec, tmp, {"anomaly_map": map_name, "score": score_name}, engine,
                            {"imported_from": path.name}, parity, prov, [])
         tmp.unlink()

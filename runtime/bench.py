@@ -72,18 +72,27 @@ def gpu_memory_mb(pid: int) -> float | None:
 class Served:
     """A `lineguard serve` subprocess on free loopback ports."""
 
-    def __init__(self, bundle: str, serve_args: list[str]) -> None:
+    def __init__(self, bundle: str, serve_args: list[str], stderr: Any = subprocess.PIPE,
+                 new_session: bool = False) -> None:
         p = {k: _port() for k in ("ingest", "publish", "metrics")}
         self.ingest, self.publish = f"tcp://127.0.0.1:{p['ingest']}", f"tcp://127.0.0.1:{p['publish']}"
         self.metrics = p["metrics"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.cli", "serve", bundle, "--ingest", self.ingest, "--publish", self.publish,
-             "--metrics-port", str(self.metrics), *serve_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             "--metrics-port", str(self.metrics), *serve_args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+            start_new_session=new_session)  # a new session: a terminal's Ctrl-C reaches only the caller
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read().strip().splitlines()
+            err = (self.proc.stderr.read() if self.proc.stderr else self._log_tail(stderr)).strip().splitlines()
             raise LineguardError(f"lineguard serve did not start: {err[-1] if err else 'no output'}")
         self.ready = json.loads(line)
+
+    @staticmethod
+    def _log_tail(f: Any) -> str:
+        try:
+            return Path(f.name).read_text()[-2000:]
+        except (AttributeError, OSError):
+            return ""
 
     def health(self) -> dict[str, Any]:
         try:

@@ -259,9 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_parsers(sub, _Parser)
+    try:
+        from train.cli import add_parsers as add_train
+    except ImportError:  # a runtime-only install has no train package
+        pass
+    else:
+        add_train(sub, _Parser, _positive)
 
-    d = sub.add_parser("demo", help="build a demo bundle on generated parts and inspect some (no downloads)")
-    d.add_argument("--out", default="lineguard-demo", help="folder for the generated data, bundle and overlays")
+    d = sub.add_parser("demo", help="the whole job live on a generated line: default models trained here, "
+                                     "serve + camera over ZeroMQ, accuracy against the truth (no downloads)")
+    d.add_argument("--out", default="lineguard-demo", help="report folder: summary, results, overlays")
+    d.add_argument("--bundle", help="serve this bundle instead of the default one")
+    d.add_argument("--duration", type=_positive(float), default=60.0, help="seconds of line to send")
+    d.add_argument("--rate", type=_positive(float), default=10.0, help="line rate, frames/s")
+    d.add_argument("--cache", help="where the default bundle is built (default: $LINEGUARD_CACHE or ~/.cache/lineguard)")
+    d.add_argument("--rebuild", action="store_true", help="build the default bundle again, even if cached")
+    d.add_argument("--quiet", action="store_true", help="print only the summary")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -479,6 +493,12 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(a: argparse.Namespace) -> int:
+    from train.cli import run
+
+    return run(a)
+
+
 def cmd_ddqa(a: argparse.Namespace) -> int:
     from ddqa.cli import run
 
@@ -524,14 +544,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from benchmarks.demo import run_demo
+    from demo.main import run_demo
 
-    return run_demo(a.out, a.seed)
+    return run_demo(a.out, a.bundle, a.duration, a.rate, a.cache, a.rebuild, a.quiet, a.seed, a.json)
 
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "serve": cmd_serve,
             "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "bench": cmd_bench, "calibrate": cmd_calibrate,
-            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo, "ddqa": cmd_ddqa, "synth": cmd_synth}
+            "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo, "ddqa": cmd_ddqa, "synth": cmd_synth,
+            "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

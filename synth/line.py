@@ -85,7 +85,8 @@ def make_line(out: str | Path, n: int = 40, parts: str | None = None, defects: s
 def write_video(path: Path, items: list[tuple[str, str, Path]], size: int, fps: float, travel: int = 6,
                 hold: int = 2) -> dict[str, Any]:
     """Parts slide along a belt through the view (``travel`` frames in, ``hold`` centred, out);
-    ``line.csv`` says for each frame which part is in view, its defect, and whether it is centred."""
+    ``line.csv`` says for each frame which part is in view, its defect, whether it is centred and
+    where its left edge is (``x``; parts enter on the right and leave on the left)."""
     h, w = size, int(size * 1.5)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
@@ -106,11 +107,12 @@ def write_video(path: Path, items: list[tuple[str, str, Path]], size: int, fps: 
                 frame[:, a:b] = img[:, a - x:b - x]
             writer.write(frame)
             rows.append({"frame": frame_no, "item": k, "part": part, "defect": defect, "source": str(src),
-                         "centred": int(x == centre)})
+                         "centred": int(x == centre), "x": int(x)})
             frame_no += 1
     writer.release()
     with open(path.with_name("line.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
-    return {"file": str(path), "frames": frame_no, "parts": len(items), "fps": fps, "truth": str(path.with_name("line.csv"))}
+    return {"file": str(path), "frames": frame_no, "parts": len(items), "fps": fps, "width": w, "height": h,
+            "truth": str(path.with_name("line.csv"))}
