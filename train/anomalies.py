@@ -1,6 +1,7 @@
 """Generic synthetic anomalies for self-supervised training (the approach of DRAEM, NSA and
-CutPaste): irregular blobs, thin strokes and patches, filled with shifted intensity, foreign
-texture, noise, blur or a dark void, pasted into a normal image with a random opacity.
+CutPaste): irregular blobs, thin strokes and patches, filled with shifted intensity, a colour
+cast, foreign texture, noise, blur or a dark void, pasted into a normal image with a random
+opacity, crisp or fading out.
 
 Nothing here knows the defect painters of ``synth``: the expert must learn "not normal", not
 the generator's defects. The label is the pasted region where the image visibly changed.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-VISIBLE = 20.0  # mean absolute change (0-255) below which a pasted pixel is not labelled
+VISIBLE = 20.0  # largest channel change (0-255) below which a pasted pixel is not labelled
 MIN_AREA = 6  # pixels: smaller blobs are indistinguishable from surface grain
 
 
@@ -65,7 +66,9 @@ SHAPES = (blob_mask, stroke_mask, patch_mask)
 def fill(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What the anomaly looks like, as a full image to blend in (float32)."""
     f = img.astype(np.float32)
-    kind = int(rng.integers(5))
+    kind = int(rng.integers(6))
+    if kind == 5:  # discoloured: each channel shifted its own way (oil, rust, burn marks)
+        return f + rng.uniform(-70, 40, 3).astype(np.float32)
     if kind == 0:  # brighter or darker, slightly tinted
         return f + rng.choice([-1, 1]) * rng.uniform(40, 110) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
     if kind == 1:  # another normal image's texture, shifted and contrast-changed (NSA)
@@ -83,11 +86,14 @@ def paste_anomaly(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) 
     """``img`` with one synthetic anomaly (uint8) and its label (bool), which may be empty."""
     h, w = img.shape[:2]
     mask = SHAPES[int(rng.integers(len(SHAPES)))](rng, h, w)
-    soft = rng.uniform(0, 1.5)
+    # mostly crisp edges; a quarter fade out over several pixels, as soaked-in stains do
+    soft = rng.uniform(2, 6) if rng.random() < 0.25 else rng.uniform(0, 1.5)
     a = mask.astype(np.float32)
     if soft > 0.3:
-        a = np.maximum(cv2.GaussianBlur(a, (0, 0), soft), a * 0.5)
+        a = cv2.GaussianBlur(a, (0, 0), soft)
+        a = a / max(float(a.max()), 1e-6)
+        mask = a > 0.35
     a = (a * rng.uniform(0.75, 1.0))[..., None]
     out = np.clip(img * (1 - a) + fill(img, other, rng) * a, 0, 255).astype(np.uint8)
-    changed = np.abs(out.astype(np.float32) - img).mean(axis=2) > VISIBLE
+    changed = np.abs(out.astype(np.float32) - img).max(axis=2) > VISIBLE  # a colour cast counts
     return out, mask & changed

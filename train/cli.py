@@ -20,6 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type, positive: t
     e.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
     e.add_argument("--batch", type=positive(int), default=16)
     e.add_argument("--width", type=positive(int), default=24, help="channels of the first stage")
+    e.add_argument("--norm", choices=["batch", "group"], default="batch",
+                   help="batch: one product per expert (as a bundle is); group: several products in one expert")
     e.add_argument("--seed", type=int, default=0)
 
 
@@ -27,7 +29,7 @@ def run(a: argparse.Namespace) -> int:
     from .expert import ExpertTrainConfig, train_expert
 
     cfg = ExpertTrainConfig(size=a.size, crop=a.crop, batch=a.batch, steps=a.steps, minutes=a.minutes,
-                            width=a.width, seed=a.seed)
+                            width=a.width, norm=a.norm, seed=a.seed)
     info = train_expert(a.train, a.out, cfg)
     print(json.dumps({"onnx": str(a.out), "training": info["training"],
                       "map_pearson": info["parity"]["map_pearson"]}))

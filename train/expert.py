@@ -43,6 +43,7 @@ class ExpertTrainConfig:
     steps: int = 700
     minutes: float = 0.0  # > 0: stop when this much time has passed, whatever ``steps`` says
     width: int = 24
+    norm: str = "batch"  # or "group" for an expert of several products (see SegNet)
     lr: float = 2e-3
     anomaly_share: float = 0.75  # share of training crops with a pasted anomaly
     seed: int = 0
@@ -96,7 +97,7 @@ def train_segnet(images: list[np.ndarray], cfg: ExpertTrainConfig, progress: boo
     if cfg.crop > cfg.size:
         raise InputError(f"--crop {cfg.crop} is larger than --size {cfg.size}")
     torch.manual_seed(cfg.seed)
-    net = SegNet(cfg.width)
+    net = SegNet(cfg.width, cfg.norm)
     from .segnet import normalize
 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
