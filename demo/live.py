@@ -58,11 +58,11 @@ class Camera:
         return json.loads(lines[-1])
 
 
-def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float, quiet: bool = False,
+def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float | None, quiet: bool = False,
              explain_wait: float = 60.0) -> dict[str, Any]:
     truth = read_truth(video.with_name("line.csv"))
     n_video = len(truth)
-    frames = max(1, int(round(rate * duration)))
+    frames = max(1, int(round(rate * duration))) if duration else n_video
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "serve.log", "w")
     server = Served(str(bundle), ["--artifacts", str(out / "overlays"), "--keep-artifacts", "200"],

@@ -24,14 +24,14 @@ def line_video(bundle: Path, out: Path, seed: int) -> Path:
         from synth.line import make_line
 
         print(f"generating a line video into {video.parent} ...", file=sys.stderr)
-        make_line(video.parent, n=8, seed=seed)
+        make_line(video.parent, n=8, seed=seed, trigger=True)
     return video
 
 
-def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, duration: float = 60.0,
+def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, duration: float | None = None,
              rate: float = 10.0, cache: str | None = None, rebuild: bool = False, quiet: bool = False,
              seed: int = 0, as_json: bool = False) -> int:
-    if duration <= 0 or rate <= 0:
+    if (duration is not None and duration <= 0) or rate <= 0:
         raise InputError(f"--duration {duration} and --rate {rate} must be positive")
     out = Path(out)
     path = Path(bundle) if bundle else build_default(cache, rebuild=rebuild)

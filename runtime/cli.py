@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--fps", type=float, default=10.0, help="frame rate of the line video")
     sy.add_argument("--no-video", action="store_true")
+    sy.add_argument("--trigger", action="store_true",
+                    help="one centred frame per part (a triggered camera) instead of parts sliding past")
 
     try:
         from ddqa.cli import add_parsers
@@ -270,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "serve + camera over ZeroMQ, accuracy against the truth (no downloads)")
     d.add_argument("--out", default="lineguard-demo", help="report folder: summary, results, overlays")
     d.add_argument("--bundle", help="serve this bundle instead of the default one")
-    d.add_argument("--duration", type=_positive(float), default=60.0, help="seconds of line to send")
+    d.add_argument("--duration", type=_positive(float),
+                   help="seconds of line to send, the video looping if needed (default: the video once)")
     d.add_argument("--rate", type=_positive(float), default=10.0, help="line rate, frames/s")
     d.add_argument("--cache", help="where the default bundle is built (default: $LINEGUARD_CACHE or ~/.cache/lineguard)")
     d.add_argument("--rebuild", action="store_true", help="build the default bundle again, even if cached")
@@ -488,7 +491,7 @@ def _print_classes(a: argparse.Namespace) -> None:
 def cmd_synth(a: argparse.Namespace) -> int:
     from synth.line import make_line
 
-    rep = make_line(a.out, a.n, a.parts, a.defects, a.size, a.seed, not a.no_video, a.fps)
+    rep = make_line(a.out, a.n, a.parts, a.defects, a.size, a.seed, not a.no_video, a.fps, trigger=a.trigger)
     print(json.dumps(rep))
     return 0
 

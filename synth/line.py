@@ -46,7 +46,8 @@ def parse_list(value: str | None, known: dict[str, Any], what: str) -> list[str]
 
 
 def make_line(out: str | Path, n: int = 40, parts: str | None = None, defects: str | None = None, size: int = 256,
-              seed: int = 0, video: bool = True, fps: float = 10.0, progress: bool = True) -> dict[str, Any]:
+              seed: int = 0, video: bool = True, fps: float = 10.0, progress: bool = True,
+              trigger: bool = False) -> dict[str, Any]:
     """Per part type: ``n`` train/good, ``n // 4`` test/good and ``n // 4`` test images per defect
     type with masks; then a line video of the test parts, in a seeded order."""
     if n < 4:
@@ -77,17 +78,23 @@ def make_line(out: str | Path, n: int = 40, parts: str | None = None, defects: s
                               "seed": seed, "images": counts}
     if video:
         order = [line[i] for i in rng.permutation(len(line))]
-        report["video"] = write_video(root / "line.avi", order, size, fps)
+        report["video"] = write_video(root / "line.avi", order, size, fps, **(TRIGGERED if trigger else {}))
     (root / "synth.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
+# A triggered camera (a photo-eye fires when the part is in position): one frame per part,
+# centred and filling the view, as most inspection stations acquire.
+TRIGGERED = {"travel": 0, "hold": 1, "margin": 1.0}
+
+
 def write_video(path: Path, items: list[tuple[str, str, Path]], size: int, fps: float, travel: int = 6,
-                hold: int = 2) -> dict[str, Any]:
-    """Parts slide along a belt through the view (``travel`` frames in, ``hold`` centred, out);
-    ``line.csv`` says for each frame which part is in view, its defect, whether it is centred and
-    where its left edge is (``x``; parts enter on the right and leave on the left)."""
-    h, w = size, int(size * 1.5)
+                hold: int = 2, margin: float = 1.5) -> dict[str, Any]:
+    """Parts slide along a belt through the view (``travel`` frames in, ``hold`` centred, out;
+    the frame is ``margin`` times a part wide); ``line.csv`` says for each frame which part is in
+    view, its defect, whether it is centred and where its left edge is (``x``; parts enter on
+    the right and leave on the left)."""
+    h, w = size, int(size * margin)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise InputError(f"{path}: OpenCV cannot write an MJPG video here")
@@ -97,7 +104,7 @@ def write_video(path: Path, items: list[tuple[str, str, Path]], size: int, fps: 
     frame_no = 0
     centre = (w - size) // 2
     xs = list(np.linspace(w, centre, travel, endpoint=False).round().astype(int)) + [centre] * hold \
-        + list(np.linspace(centre, -size, travel + 1)[1:].round().astype(int))
+        + (list(np.linspace(centre, -size, travel + 1)[1:].round().astype(int)) if travel else [])
     for k, (part, defect, src) in enumerate(items):
         img = cv2.imread(str(src))
         for x in xs:
@@ -115,4 +122,4 @@ def write_video(path: Path, items: list[tuple[str, str, Path]], size: int, fps: 
         wr.writeheader()
         wr.writerows(rows)
     return {"file": str(path), "frames": frame_no, "parts": len(items), "fps": fps, "width": w, "height": h,
-            "truth": str(path.with_name("line.csv"))}
+            "triggered": travel == 0, "truth": str(path.with_name("line.csv"))}

@@ -74,6 +74,21 @@ def test_line_video_and_its_ground_truth(tmp_path):
     assert v["parts"] == 2 * (1 + 2)  # per part type: test/good plus one per defect type
     assert {r["defect"] for r in rows} == {"good", "hole", "stain"}
     assert sum(int(r["centred"]) for r in rows) == 2 * v["parts"]
+    centre = [r for r in rows if r["centred"] == "1"][0]
+    assert int(centre["x"]) == (144 - 96) // 2  # where the part's left edge is in the frame
+
+
+def test_triggered_line_is_one_centred_frame_per_part(tmp_path):
+    rep = make_line(tmp_path, n=4, parts="tile", defects="crack", size=64, seed=2, progress=False, trigger=True)
+    v = rep["video"]
+    rows = list(csv.DictReader(open(v["truth"])))
+    assert v["triggered"] and v["frames"] == v["parts"] == len(rows) == 2 and (v["width"], v["height"]) == (64, 64)
+    assert all(r["centred"] == "1" and r["x"] == "0" for r in rows)
+    cap = cv2.VideoCapture(v["file"])
+    for r in rows:  # each frame is its part's image (up to MJPG's loss)
+        ok, frame = cap.read()
+        assert ok and frame.shape == (64, 64, 3)
+        assert np.abs(frame.astype(int) - cv2.imread(r["source"]).astype(int)).mean() < 6
 
 
 def test_bad_arguments_are_one_line(tmp_path):
