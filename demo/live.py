@@ -51,7 +51,12 @@ class Camera:
     def result(self) -> dict[str, Any]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # the camera ends its loop and reports what it sent
-        out, err = self.proc.communicate(timeout=30)
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise LineguardError("lineguard camera did not stop within 30 s after SIGINT: killed") from None
         lines = [x for x in out.splitlines() if x.startswith("{")]
         if not lines:
             raise LineguardError(f"lineguard camera failed: {(err.strip().splitlines() or ['no output'])[-1]}")
@@ -76,6 +81,22 @@ def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float 
     stages = [k for k, v in server.ready.get("health", {}).items() if str(v).startswith("ok")]
     results: dict[str, FrameResult] = {}
     jsonl = open(out / "results.jsonl", "w")
+
+    def take(parts: list[bytes]) -> None:
+        """One published message: into results.jsonl, the frame's result and the live view."""
+        now = time.time()
+        topic, body = parts[0].decode(), json.loads(parts[1])
+        jsonl.write(json.dumps({"topic": topic, "received": now} | body) + "\n")
+        fid = body.get("frame_id") or ""
+        if not fid.startswith("line-"):
+            return
+        r = results.setdefault(fid, FrameResult(int(fid.split("-")[1])))
+        kind = r.update(topic, body, parts[2] if len(parts) > 2 else None, now)
+        t = truth[r.index % n_video]
+        text = live_line(kind, r, f"{t.part}/{t.defect}") if kind else None
+        if text and not quiet:
+            print(text, flush=True)
+
     camera = Camera(video, server.ingest, rate, frames, loop=frames > n_video)
     t0 = time.time()
     sent: dict[str, Any] = {}
@@ -87,19 +108,7 @@ def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float 
         deadline = None
         while True:
             if sub.poll(200):
-                parts = sub.recv_multipart()
-                now = time.time()
-                topic, body = parts[0].decode(), json.loads(parts[1])
-                jsonl.write(json.dumps({"topic": topic, "received": now} | body) + "\n")
-                fid = body.get("frame_id") or ""
-                if not fid.startswith("line-"):
-                    continue
-                r = results.setdefault(fid, FrameResult(int(fid.split("-")[1])))
-                kind = r.update(topic, body, parts[2] if len(parts) > 2 else None, now)
-                t = truth[r.index % n_video]
-                text = live_line(kind, r, f"{t.part}/{t.defect}") if kind else None
-                if text and not quiet:
-                    print(text, flush=True)
+                take(sub.recv_multipart())
             if deadline is None and camera.proc.poll() is not None:
                 sent = camera.result()
                 deadline = time.time() + explain_wait
@@ -113,12 +122,26 @@ def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float 
         if not quiet:
             print("\ninterrupted: stopping the camera and the server ...", flush=True)
     finally:
-        if not sent:
-            sent = camera.result()
-        stats = server.stop()
-        sub.close()
-        jsonl.close()
-        log.close()
+        try:
+            try:
+                if not sent:
+                    sent = camera.result()
+            finally:  # the server stops even when the camera would not
+                # keep reading while the server drains: its last masks and explanations still count
+                server.proc.terminate()
+                end = time.time() + 60
+                while server.proc.poll() is None and time.time() < end:
+                    if sub.poll(100):
+                        take(sub.recv_multipart())
+                stats = server.stop(timeout=max(1.0, end - time.time()))
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, and leave no process behind
+            for p in (camera.proc, server.proc):
+                p.kill()
+            raise
+        finally:
+            sub.close()
+            jsonl.close()
+            log.close()
     wall = time.time() - t0
     info = json.loads((video.with_name("synth.json")).read_text())
     size = int(info["size"])

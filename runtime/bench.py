@@ -100,10 +100,17 @@ class Served:
         except OSError:
             return {}
 
-    def stop(self) -> dict[str, Any]:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=120)
-        lines = [x for x in out.splitlines() if x.startswith("{")]
+    def stop(self, timeout: float = 120.0) -> dict[str, Any]:
+        """SIGTERM (the server drains its queues), then its summary; killed if it outlasts ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            return {"killed": True}
+        lines = [x for x in (out or "").splitlines() if x.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
 
 
