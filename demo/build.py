@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from runtime.bundle import Bundle
 from runtime.errors import BundleError, LineguardError
@@ -131,8 +130,3 @@ def _assemble(out: Path, onnx: Path, line: Path, cfg: DefaultConfig, progress: b
     calibrate(out, normal=str(line / "calib" / "good"), rule="myriad", progress=progress)
     fit_classes(out, line, shots=cfg.shots, seed=cfg.seed, progress=progress)
     build_variants(out, str(line / "calib" / "good"), str(line), ("int8",), progress=progress)
-
-
-def describe_default(bundle: Path) -> dict[str, Any]:
-    info = bundle.parent / "build.json"
-    return json.loads(info.read_text()) if info.is_file() else {}

@@ -29,7 +29,7 @@ from runtime.errors import InputError
 from runtime.preprocess import resize
 
 from .anomalies import paste_anomaly
-from .segnet import DeployedSegNet, SegNet
+from .segnet import DeployedSegNet, SegNet, normalize
 
 MIN_PEARSON = 0.999
 log = logging.getLogger("lineguard.train")
@@ -98,8 +98,6 @@ def train_segnet(images: list[np.ndarray], cfg: ExpertTrainConfig, progress: boo
         raise InputError(f"--crop {cfg.crop} is larger than --size {cfg.size}")
     torch.manual_seed(cfg.seed)
     net = SegNet(cfg.width, cfg.norm)
-    from .segnet import normalize
-
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     sampler = CropSampler(images, cfg)
