@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def line_video(bundle: Path, out: Path, seed: int) -> Path:
     return video
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, duration: float | None = None,
              rate: float = 10.0, cache: str | None = None, rebuild: bool = False, quiet: bool = False,
              seed: int = 0, as_json: bool = False) -> int:
@@ -37,6 +42,8 @@ def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, dura
     path = Path(bundle) if bundle else build_default(cache, rebuild=rebuild)
     Bundle.load(path)  # a bad --bundle is refused here, naming its file, before anything starts
     video = line_video(path, out, seed)
+    # SIGTERM (kill, a service manager) stops the demo as Ctrl-C does: camera, then server, report
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = run_live(path, video, out, rate, duration, quiet)
     print(json.dumps(summary, indent=2) if as_json else "\n" + describe(summary))
     print(f"report: {out}/ (summary.json, summary.png, results.jsonl, overlays/)", file=sys.stderr)

@@ -107,12 +107,18 @@ def test_demo_serves_the_line_live_and_scores_it(full_bundle, tmp_path):
     assert "verdict" in topics
 
 
+def _terminal_sigint() -> None:
+    """Ctrl-C as in a terminal: a test run in the background (CI, `cmd &`) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt in the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_camera_and_server_and_still_reports(full_bundle, tmp_path):
     out = tmp_path / "report"
     p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo", "--bundle", str(full_bundle), "--duration",
                           "120", "--rate", "5", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=_terminal_sigint)
     deadline = time.time() + 120
     line = ""
     while time.time() < deadline and not line.startswith("frame"):
@@ -139,3 +145,23 @@ def test_demo_refuses_a_bad_bundle_in_one_line(tmp_path):
     assert r.returncode != 0 and "nope" in r.stderr and "Traceback" not in r.stderr
     r = lg("demo", "--duration", "0")
     assert r.returncode != 0 and "--duration" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_demo_like_ctrl_c(full_bundle, tmp_path):
+    """`kill` (a service manager, a CI timeout) must not orphan the server: SIGTERM cleans up too."""
+    out = tmp_path / "report"
+    p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo", "--bundle", str(full_bundle), "--duration",
+                          "120", "--rate", "5", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    line = ""
+    deadline = time.time() + 120
+    while time.time() < deadline and not line.startswith("frame"):
+        line = p.stdout.readline()
+        assert line or p.poll() is None, p.stderr.read()[-2000:]
+    p.terminate()
+    p.communicate(timeout=240)
+    assert p.returncode == 130
+    assert json.loads((out / "summary.json").read_text())["interrupted"]
+    left = subprocess.run(["pgrep", "-f", str(full_bundle)], capture_output=True, text=True).stdout.split()
+    assert not left, "a served process outlived the demo"

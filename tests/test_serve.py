@@ -304,7 +304,9 @@ def test_backpressure_drops_are_counted_per_camera(served_bundle, synth, tmp_pat
         drops = sum(v == "dropped" for v in outcome.values())
         assert drops > 0 and drops + sum(v == "verdict" for v in outcome.values()) == n
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{st.ports['metrics']}/healthz").read())
-        assert health["dropped"] == {"camZ": {"ingest": drops}}
+        # ingest drops, counted for this camera; flagged frames may also lose masks to the
+        # defect queue (its own counter), which this test does not control
+        assert set(health["dropped"]) == {"camZ"} and health["dropped"]["camZ"]["ingest"] == drops
     finally:
         st.stop()
 
