@@ -20,7 +20,7 @@ from runtime.manifest import InputSpec
 from runtime.preprocess import to_batch
 
 from .onnx_export import export_onnx
-from .parity import map_parity
+from .parity import torch_vs_onnx
 from .patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec
 from .versions import library_versions
 
@@ -89,17 +89,7 @@ def export_patchcore(train: str | Path, out: str | Path, cfg: PatchCoreConfig, p
                            {"image": {0: "N"}, "anomaly_map": {0: "N"}, "score": {0: "N"}},
                            {"anomaly_map": ["N", 1, cfg.size, cfg.size], "score": ["N"]})
         engine = Engine(onnx_path, EngineOptions(device="cpu"))
-
-        def ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            with torch.no_grad():
-                a, s = model(torch.from_numpy(x))
-            return a.numpy(), s.numpy()
-
-        def ort(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            r = engine.run({"image": x})
-            return r["anomaly_map"], r["score"]
-
-        parity = map_parity(ref, ort, {"real": real, "random": noise})
+        parity = torch_vs_onnx(model, engine, {"real": real, "random": noise})
         parity["reference"] = "PyTorch eager fp32 (same module)"
         if parity["map_pearson"] < MIN_PEARSON:
             raise LineguardError(

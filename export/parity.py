@@ -37,3 +37,20 @@ def map_parity(reference: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     out["map_max_abs_err"] = max(v["map_max_abs_err"] for v in out.values() if isinstance(v, dict))
     out["score_max_rel_err"] = max(v["score_max_rel_err"] for v in out.values() if isinstance(v, dict))
     return out
+
+
+def torch_vs_onnx(model: Any, engine: Any, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``map_parity`` of a PyTorch expert (uint8 image → map, score) against its exported graph
+    run by ``engine`` (input ``image``, outputs ``anomaly_map`` and ``score``)."""
+    import torch
+
+    def ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            a, s = model(torch.from_numpy(x))
+        return a.numpy(), s.numpy()
+
+    def ort(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = engine.run({"image": x})
+        return r["anomaly_map"], r["score"]
+
+    return map_parity(ref, ort, inputs)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from calibration.dataset import normal_images, read_frames
 from export.onnx_export import export_onnx
-from export.parity import map_parity
+from export.parity import torch_vs_onnx
 from export.versions import library_versions
 from runtime.engine import Engine, EngineOptions
 from runtime.errors import InputError
@@ -138,17 +138,7 @@ def export_segnet(net: SegNet, out: str | Path, cfg: ExpertTrainConfig, images: 
                        {"image": {0: "N"}, "anomaly_map": {0: "N"}, "score": {0: "N"}},
                        {"anomaly_map": ["N", 1, cfg.size, cfg.size], "score": ["N"]})
     engine = Engine(out, EngineOptions(device="cpu", warmup=0))
-
-    def ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            a, s = model(torch.from_numpy(x))
-        return a.numpy(), s.numpy()
-
-    def ort(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        r = engine.run({"image": x})
-        return r["anomaly_map"], r["score"]
-
-    parity = map_parity(ref, ort, {"real": real, "random": noise})
+    parity = torch_vs_onnx(model, engine, {"real": real, "random": noise})
     if parity["map_pearson"] < MIN_PEARSON:
         raise RuntimeError(f"exported expert disagrees with PyTorch: map Pearson {parity['map_pearson']:.5f}")
     info = {"kind": "segnet", "config": asdict(cfg), "training": record, "parity": parity,
