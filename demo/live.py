@@ -38,6 +38,12 @@ def live_line(kind: str, r: FrameResult, truth: str) -> str | None:
     return None
 
 
+def _default_sigint() -> None:
+    """The camera must end on our SIGINT even if this process was started with SIGINT ignored
+    (a background job inherits that, and so would the camera)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Camera:
     """``lineguard camera`` sending the line video, as its own process."""
 
@@ -46,7 +52,7 @@ class Camera:
                "--fps", str(fps), "--name", "line", "--max-frames", str(frames)] + (["--loop"] if loop else [])
         # its own session: Ctrl-C reaches the demo only, which then stops the camera, then the server
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_default_sigint)
 
     def result(self) -> dict[str, Any]:
         if self.proc.poll() is None:

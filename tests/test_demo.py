@@ -160,8 +160,8 @@ def test_sigterm_stops_the_demo_like_ctrl_c(full_bundle, tmp_path):
         line = p.stdout.readline()
         assert line or p.poll() is None, p.stderr.read()[-2000:]
     p.terminate()
-    p.communicate(timeout=240)
-    assert p.returncode == 130
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 130, err[-2000:]
     assert json.loads((out / "summary.json").read_text())["interrupted"]
     left = subprocess.run(["pgrep", "-f", str(full_bundle)], capture_output=True, text=True).stdout.split()
     assert not left, "a served process outlived the demo"
