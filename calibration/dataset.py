@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.errors import InputError
-from runtime.imageio import list_images, read_image
+from runtime.imageio import list_images, mask_path, read_image
 
 
 @dataclass
@@ -69,7 +69,7 @@ def test_samples(category: str | Path) -> list[Sample]:
         for img in list_images(folder):
             mask = None
             if folder.name != "good":
-                mask = root / "ground_truth" / folder.name / f"{img.stem}_mask.png"
+                mask = mask_path(img)
                 if not mask.is_file():
                     raise InputError(f"{mask}: missing mask for {img}")
             out.append(Sample(img, folder.name, mask))

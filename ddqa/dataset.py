@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.imageio import list_images, read_image
+from runtime.imageio import list_images, mask_path, read_image
 
 
 @dataclass
@@ -51,7 +51,7 @@ def walk(root: str | Path) -> tuple[list[Item], list[Problem]]:
                 continue
             item = Item(img.relative_to(root), folder.name, (w, h))
             if folder.name != "good":
-                item.mask = _mask(root / "ground_truth" / folder.name / f"{img.stem}_mask.png", (h, w), problems)
+                item.mask = _mask(mask_path(img), (h, w), problems)
             items.append(item)
     if not items:
         raise InputError(f"{test}: no readable test images")

@@ -89,12 +89,13 @@ def summarize(results: list[FrameResult], truth: list[FrameTruth], sent: dict[st
     tp = fp = fn = 0
     tasks: dict[str, list] = {"AD": [], "RDL": [], "DFM": [], "DC": []}
     for r, t in centred:
-        gt = t.mask(frame_hw)
+        part = t.part_mask()  # read once: for the pixel counts and for DDQA
+        gt = t.mask(frame_hw, part)
         pred = r.mask if r.mask is not None and r.mask.shape == gt.shape else np.zeros_like(gt)
         tp += int((pred & gt).sum())
         fp += int((pred & ~gt).sum())
         fn += int((~pred & gt).sum())
-        for k, v in ddqa_answers(t, r.verdict == "defect", r.mask, r.cls, size).items():
+        for k, v in ddqa_answers(t, r.verdict == "defect", r.mask, r.cls, size, part).items():
             if k in tasks:
                 tasks[k].append(bool(v))
     explained = [r for r in got if r.explanation is not None]

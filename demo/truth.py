@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ddqa.rules import IOU_HIT, box_iou, norm_box, rough_cell
+from runtime.imageio import mask_path
 
 
 @dataclass
@@ -24,22 +25,22 @@ class FrameTruth:
     centred: bool
     x: int  # the part's left edge in the frame (negative: partly out of view)
 
-    def mask(self, frame_hw: tuple[int, int]) -> np.ndarray:
-        """The defect's pixels in frame coordinates (empty for a good part)."""
+    def part_mask(self) -> np.ndarray | None:
+        """The defect's pixels in the part's own image (None for a good part)."""
+        return None if self.defect == "good" else cv2.imread(str(mask_path(self.source)), cv2.IMREAD_GRAYSCALE) > 0
+
+    def mask(self, frame_hw: tuple[int, int], part: np.ndarray | None = None) -> np.ndarray:
+        """The defect's pixels in frame coordinates (empty for a good part); ``part``: the
+        part mask if already read."""
         h, w = frame_hw
         out = np.zeros((h, w), bool)
         if self.defect == "good":
             return out
-        m = cv2.imread(str(mask_path(self.source)), cv2.IMREAD_GRAYSCALE) > 0
+        m = part if part is not None else self.part_mask()
         a, b = max(0, self.x), min(w, self.x + m.shape[1])
         if b > a:
             out[:m.shape[0], a:b] = m[:, a - self.x:b - self.x]
         return out
-
-
-def mask_path(image: Path) -> Path:
-    """``<cat>/test/<defect>/<name>.png`` → ``<cat>/ground_truth/<defect>/<name>_mask.png``."""
-    return image.parents[2] / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
 
 
 def read_truth(csv_path: Path) -> list[FrameTruth]:
@@ -54,13 +55,13 @@ def part_view(mask: np.ndarray, t: FrameTruth, size: int) -> np.ndarray:
 
 
 def ddqa_answers(t: FrameTruth, flagged: bool, found: np.ndarray | None, cls: str | None,
-                 size: int) -> dict[str, Any]:
+                 size: int, gt: np.ndarray | None = None) -> dict[str, Any]:
     """Right/wrong per DDQA task for one centred frame, from the runtime's own answers (as
     ``lineguard ddqa eval`` scores them: a defect not found answers nothing, which is wrong)."""
     out: dict[str, Any] = {"AD": flagged == (t.defect != "good")}
     if t.defect == "good":
         return out
-    gt = cv2.imread(str(mask_path(t.source)), cv2.IMREAD_GRAYSCALE) > 0  # a centred part is all in view
+    gt = gt if gt is not None else t.part_mask()  # a centred part is all in view
     pred = part_view(found, t, size) if found is not None else None
     have = pred is not None and pred.any()
     out["RDL"] = have and rough_cell(pred) == rough_cell(gt)

@@ -53,6 +53,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return decode(data, str(p))
 
 
+def mask_path(image: str | os.PathLike) -> Path:
+    """MVTec layout: ``<cat>/test/<type>/<name>.png`` → ``<cat>/ground_truth/<type>/<name>_mask.png``."""
+    p = Path(image)
+    return p.parents[2] / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+
+
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Image files in a folder by extension, sorted; hidden files skipped."""
     root = Path(folder)
