@@ -18,21 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from calibration.dataset import load_labelled
+from calibration.dataset import test_samples
+from calibration.masks import compare_masks
 from export.sam.checkpoint import build_sam, parse_arch
 from export.sam.export import export_sam
 from runtime.bundle import Bundle
-from runtime.defects import find_defects
-from runtime.expert import Expert
-from runtime.sam import SamStage
-
-
-def scores(tp: int, fp: int, fn: int) -> dict:
-    return {"f1": 2 * tp / max(2 * tp + fp + fn, 1), "iou": tp / max(tp + fp + fn, 1)}
 
 
 def main() -> None:
@@ -55,26 +47,12 @@ def main() -> None:
         bdir = Path(tmp) / "bundle"
         shutil.copytree(a.bundle, bdir)
         export_sam(ckpt, a.sam_type, bdir, image_size=a.sam_size)
-        bundle = Bundle.load(bdir)
-        expert, sam = Expert(bundle), SamStage(bundle)
-        data = load_labelled(a.dataset)
-        picks = [i for i, s in enumerate(data.samples) if s.label][:: a.every]
-        counts = {k: np.zeros(3, np.int64) for k in ("expert", "sam_roi", "sam_frame")}
-        seconds = {k: 0.0 for k in counts}
-        for i in tqdm(picks, desc="masks", unit="img"):
-            frame, gt = data.frames[i], data.masks[i]
-            r = expert([frame])[0]
-            for key, stage, mode in (("expert", None, "frame"), ("sam_roi", sam, "roi"), ("sam_frame", sam, "frame")):
-                t0 = time.perf_counter()
-                found = find_defects(frame, r.anomaly_map, bundle.thresholds, stage, 3, mode)
-                seconds[key] += time.perf_counter() - t0
-                pred = np.any([d.mask for d in found], axis=0) if found else np.zeros_like(gt)
-                counts[key] += [(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum()]
+        masks = compare_masks(Bundle.load(bdir), test_samples(a.dataset)[:: a.every], ("expert", "sam_roi", "sam_frame"))
     res = {
-        "date": time.strftime("%Y-%m-%d"), "dataset": a.dataset, "images": len(picks),
+        "date": time.strftime("%Y-%m-%d"), "dataset": a.dataset, "images": masks["images"],
         "sam": {"type": a.sam_type, "encoder_size": a.sam_size,
                 "weights": a.checkpoint or "random (official layout): plumbing, not quality"},
-        "masks": {k: scores(*map(int, v)) | {"ms_per_image": 1000 * seconds[k] / len(picks)} for k, v in counts.items()},
+        "masks": masks["arms"],
     }
     (out / "sam_masks.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

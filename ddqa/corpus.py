@@ -57,7 +57,8 @@ def reference(findings: dict[str, Any], rng: np.random.Generator) -> str:
     r = regs[0]
     size = severity(r["area_frac"])
     area = f"{100 * r['area_frac']:.1f}%" if r["area_frac"] >= 0.001 else "under 0.1%"
-    text = DEFECT[int(rng.integers(len(DEFECT)))].format(size=size, Size=size.capitalize(), cls=r["class"],
+    cls = r.get("class") if r.get("class") not in (None, "unknown") else "defect"  # never name a type not given
+    text = DEFECT[int(rng.integers(len(DEFECT)))].format(size=size, Size=size.capitalize(), cls=cls,
                                                           cell=r["cell"], product=product, area=area)
     if len(regs) > 1:
         k = len(regs) - 1

@@ -1,5 +1,7 @@
 """The embedded default bundle: generated parts → a self-supervised expert, trained here →
-imported, calibrated, classes fitted, INT8-quantized. Cached under ``~/.cache/lineguard`` (or
+imported, calibrated, classes fitted, INT8-quantized; a small SAM trained end to end on a second
+generated lot, prompted by that expert; a small explainer LM trained on the lot's DDQA corpus,
+exported to INT4. Cached under ``~/.cache/lineguard`` (or
 ``--cache`` / ``LINEGUARD_CACHE``) by a key over its settings and the code that makes it, so a
 change to either rebuilds it and an unchanged one is reused in a second.
 """
@@ -15,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, BundleWriter
 from runtime.errors import BundleError, LineguardError
 
 from .dataset import merge_parts
@@ -24,7 +26,22 @@ from .dataset import merge_parts
 # surface like the magnetic tiles of ../shared/data/mtd. Per-part figures: BENCHMARKS.md.
 PARTS = "tile"
 # The code whose change changes the default bundle (the key hashes these packages' sources).
-SOURCES = ("synth", "train", "demo/build.py", "demo/dataset.py", "export/onnx_import.py", "calibration")
+SOURCES = ("synth", "train", "ddqa", "demo/build.py", "demo/dataset.py", "export/onnx_import.py", "export/sam",
+           "export/llm", "calibration", "runtime/defects.py", "runtime/sam.py", "runtime/prompting.py")
+
+
+# The explainer's prompt: the findings alone, compact. A model of a million parameters learns to
+# copy from a short prompt within the build's budget; the lineguard default prompt (for real
+# LLMs) is three times as long.
+EXPLAINER_PROMPT = {
+    "system": "Explain the defect in one sentence, using only the findings.",
+    "user": ("Verdict: {{ verdict }} ({{ '%.2f'|format(score) }})\n"
+             "{% for r in regions %}"
+             "Region {{ loop.index }}: {{ r.cell }}{{ ', ' ~ r['class'] if r.get('class') else '' }}, "
+             "{{ '%.1f'|format(100 * r.area_frac) }}% of the image\n"
+             "{% endfor %}"),
+    "sampling": {"max_new_tokens": 48, "temperature": 0.0, "top_p": 1.0, "time_budget_s": 10.0},
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,13 @@ class DefaultConfig:
     expert_steps: int = 700
     expert_minutes: float = 6.0  # a cap for slow machines: 700 steps take about 4 minutes on 2 cores
     shots: int = 5  # labelled examples per defect type for the classifier
+    lot: int = 120  # a second lot (seed + 1): SAM's masks and the explainer's corpus, n/4 per defect type
+    sam_arch: str = "custom:96:4:4:1,3"  # segment-anything's classes, a reduced encoder
+    sam_size: int = 256
+    sam_steps: int = 200  # about 70 s on 2 cores
+    sam_lr: float = 1e-3
+    explainer_steps: int = 2000  # about 3 minutes on 2 cores; copying from the findings is learned after ~1000
+    minutes_cap: float = 4.0  # per model after the expert, for slow machines
 
 
 def cache_root(cache: str | Path | None) -> Path:
@@ -75,6 +99,7 @@ def build_default(cache: str | Path | None = None, cfg: DefaultConfig | None = N
     try:
         from synth.line import make_line
         from train.expert import ExpertTrainConfig, train_expert
+        from train.explainer import ExplainerTrainConfig, train_explainer
     except ImportError:
         raise LineguardError("building the default bundle needs the export extra: pip install 'lineguard[export]'") \
             from None
@@ -83,40 +108,54 @@ def build_default(cache: str | Path | None = None, cfg: DefaultConfig | None = N
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    data, line = home / "data", home / "data" / "line"
+    data, line, lot = home / "data", home / "data" / "line", home / "data" / "lot"
     if not (data / "synth.json").is_file():
         t = time.perf_counter()
-        _say(f"[1/4] generating the product line ({cfg.parts.replace(',', ', ')}) ...")
+        _say(f"[1/6] generating the product line ({cfg.parts.replace(',', ', ')}) ...")
         make_line(data, n=cfg.n, parts=cfg.parts, size=cfg.size, seed=cfg.seed, progress=progress, trigger=True)
         merge_parts(data, cfg.parts.split(","), line)
+        make_lot(lot, cfg, progress)
         times["data"] = time.perf_counter() - t
 
     onnx = home / "expert.onnx"
     if not onnx.with_suffix(".json").is_file():
         t = time.perf_counter()
-        _say("[2/4] training the expert from scratch: synthetic anomalies on normal parts (no pretrained weights) ...")
+        _say("[2/6] training the expert from scratch: synthetic anomalies on normal parts (no pretrained weights) ...")
         train_expert(line / "train" / "good", onnx,
                      ExpertTrainConfig(size=cfg.size, crop=min(128, cfg.size), steps=cfg.expert_steps,
                                        minutes=cfg.expert_minutes,
                                        seed=cfg.seed), progress=progress)
         times["expert"] = time.perf_counter() - t
 
+    llm = home / "explainer"
+    if not (llm / "lineguard_training.json").is_file():
+        t = time.perf_counter()
+        _say("[3/6] training the explainer LM from scratch on the lot's DDQA corpus ...")
+        train_explainer([lot / "corpus.jsonl"], llm, ExplainerTrainConfig(steps=cfg.explainer_steps,
+                        minutes=cfg.minutes_cap, seed=cfg.seed), prompt=EXPLAINER_PROMPT, progress=progress)
+        times["explainer"] = time.perf_counter() - t
+
     t = time.perf_counter()
-    _say("[3/4] bundling: import, calibrate on held-out normal parts, fit defect classes, INT8 ...")
+    _say("[4/6] bundling: import, calibrate on held-out normal parts, fit defect classes, INT8 ...")
     work = home / "bundle.partial"
     shutil.rmtree(work, ignore_errors=True)
     _assemble(work, onnx, line, cfg, progress)
     times["bundle"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    _say("[5/6] training SAM end to end on the lot, prompted by the expert; the explainer to INT4 ...")
+    masks = _add_sam_and_llm(work, line, lot, llm, home, cfg, progress)
+    times["sam_llm"] = time.perf_counter() - t
+
     shutil.rmtree(bundle, ignore_errors=True)
     work.rename(bundle)
     times["total"] = time.perf_counter() - t_all
-    (home / "build.json").write_text(json.dumps({"key": key, "config": asdict(cfg),
+    (home / "build.json").write_text(json.dumps({"key": key, "config": asdict(cfg), "masks_on_line": masks,
                                                  "seconds": {k: round(v, 1) for k, v in times.items()}}, indent=2))
     for old in cache_root(cache).glob("default-*"):  # stale builds: their inputs changed
         if old != home and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
-    _say(f"[4/4] default bundle ready in {times['total']:.0f} s: {bundle}")
+    _say(f"[6/6] default bundle ready in {times['total']:.0f} s: {bundle}")
     return bundle
 
 
@@ -130,3 +169,37 @@ def _assemble(out: Path, onnx: Path, line: Path, cfg: DefaultConfig, progress: b
     calibrate(out, normal=str(line / "calib" / "good"), rule="myriad", progress=progress)
     fit_classes(out, line, shots=cfg.shots, seed=cfg.seed, progress=progress)
     build_variants(out, str(line / "calib" / "good"), str(line), ("int8",), progress=progress)
+
+
+def make_lot(out: Path, cfg: DefaultConfig, progress: bool) -> None:
+    """A second generated lot (another seed, no video): defects with masks for SAM, and their
+    DDQA explanation corpus for the explainer. The demo's line is never trained on."""
+    from ddqa.corpus import build_corpus
+    from synth.line import make_line
+
+    make_line(out / "parts", n=cfg.lot, parts=cfg.parts, size=cfg.size, seed=cfg.seed + 1, video=False,
+              progress=progress)
+    merge_parts(out / "parts", cfg.parts.split(","), out / "line")
+    build_corpus(out / "line", out / "corpus.jsonl", seed=cfg.seed, prompt=EXPLAINER_PROMPT, progress=progress)
+
+
+def _add_sam_and_llm(out: Path, line: Path, lot: Path, llm: Path, home: Path, cfg: DefaultConfig,
+                     progress: bool) -> dict:
+    """SAM trained on the lot (its own copy of the expert prompting it), measured on the line's
+    test parts against the expert's own masks; then the explainer exported to INT4."""
+    from calibration.dataset import test_samples
+    from calibration.masks import compare_masks
+    from export.llm.export import export_llm
+    from train.adapt import adapt_sam
+    from train.sam import SamAdaptConfig
+
+    sam_cfg = SamAdaptConfig(steps=cfg.sam_steps, minutes=cfg.minutes_cap, lr=cfg.sam_lr, train_encoder=True,
+                             mask_prompt=True, seed=cfg.seed)
+    adapt_sam(out, lot / "line", home / "sam.pth", sam_cfg, model_type=cfg.sam_arch, image_size=cfg.sam_size,
+              scratch=True, holdout=0.0, progress=progress)
+    masks = compare_masks(Bundle.load(out), test_samples(line), ("expert", "sam_roi"), progress)
+    export_llm(llm, out, ("int4",))
+    b = Bundle.load(out)
+    with BundleWriter(b.root, base=b) as w:  # the prompt it was trained with (a station may reword it)
+        w.manifest["stages"]["llm"]["prompt"] = EXPLAINER_PROMPT
+    return masks

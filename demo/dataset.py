@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 
-def _link(src: Path, dst: Path) -> None:
+def link_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -26,10 +26,10 @@ def merge_parts(root: Path, parts: list[str], out: Path, calib_share: float = 0.
         good = sorted((root / part / "train" / "good").glob("*.png"))
         n_calib = max(1, int(round(len(good) * calib_share)))
         for i, f in enumerate(good):
-            _link(f, tmp / ("calib" if i >= len(good) - n_calib else "train") / "good" / f"{part}_{f.name}")
+            link_file(f, tmp / ("calib" if i >= len(good) - n_calib else "train") / "good" / f"{part}_{f.name}")
         for sub in ("test", "ground_truth"):
             for f in sorted((root / part / sub).glob("*/*.png")):
-                _link(f, tmp / sub / f.parent.name / f"{part}_{f.name}")
+                link_file(f, tmp / sub / f.parent.name / f"{part}_{f.name}")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

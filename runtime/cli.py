@@ -502,6 +502,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from train.cli import run_adapt
+
+    return run_adapt(a)
+
+
 def cmd_ddqa(a: argparse.Namespace) -> int:
     from ddqa.cli import run
 
@@ -555,7 +561,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "explain": cmd_explain, "info": cmd_info, "serve": cmd_serve,
             "camera": cmd_camera, "results": cmd_results, "keys": cmd_keys, "bench": cmd_bench, "calibrate": cmd_calibrate,
             "quantize": cmd_quantize, "evaluate": cmd_evaluate, "demo": cmd_demo, "ddqa": cmd_ddqa, "synth": cmd_synth,
-            "train": cmd_train}
+            "train": cmd_train, "adapt": cmd_adapt}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .classify import DefectClassifier, describe_region
 from .findings import Region, default_level, region_from_mask, regions
-from .sam import SamStage
+from .sam import SamStage, map_prompt
 
 MODES = ("frame", "roi")
 
@@ -49,6 +49,18 @@ def prompts(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: in
         box = np.array([max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)], np.float32)
         out.append((box, np.array([r.peak_xy], np.float32), r))
     return out
+
+
+def expert_prompts(amap: np.ndarray, frame_hw: tuple[int, int], thresholds: dict[str, Any], top_k: int = 3,
+                   pad: float = 0.15, flagged: bool = True) -> tuple[list[tuple[np.ndarray, np.ndarray, Region]], float]:
+    """The prompts SAM gets for a frame and the map level they were cut at: regions above the
+    pixel threshold, or, for a flagged frame where none passes, around the map's peak."""
+    level = default_level(amap, thresholds.get("pixel"))
+    found = prompts(amap, frame_hw, level, top_k, pad)
+    if not found and flagged and "pixel" in thresholds:
+        level = default_level(amap, None)
+        found = prompts(amap, frame_hw, level, top_k, pad)
+    return found, level
 
 
 def roi_crop(boxes: list[np.ndarray], frame_hw: tuple[int, int], min_side: int) -> tuple[int, int, int, int]:
@@ -92,11 +104,7 @@ def _find(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: 
     h, w = frame.shape[:2]
     if float(amap.max()) <= float(amap.min()):  # a flat map points nowhere
         return [], None
-    level = default_level(amap, thresholds.get("pixel"))
-    found = prompts(amap, (h, w), level, top_k, pad)
-    if not found and flagged and "pixel" in thresholds:
-        level = default_level(amap, None)
-        found = prompts(amap, (h, w), level, top_k, pad)
+    found, level = expert_prompts(amap, (h, w), thresholds, top_k, pad, flagged)
     if not found:
         return [], None
     amap_frame = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -123,9 +131,11 @@ def _find(frame: np.ndarray, amap: np.ndarray, thresholds: dict[str, Any], sam: 
     x0, y0, x1, y1 = roi_crop([b for b, _, _ in found], (h, w), min_roi) if mode == "roi" else (0, 0, w, h)
     emb = sam.encode(frame[y0:y1, x0:x1])
     shift = np.array([x0, y0], np.float32)
+    dense = (map_prompt(amap_frame[y0:y1, x0:x1], level, emb.input_hw, sam.size, sam.mask_size)
+             if sam.mask_prompt == "expert_map" else None)
     out = []
     for box, point, r in found:
-        m = sam.segment(emb, point - shift, np.ones(1, np.float32), box - np.tile(shift, 2))
+        m = sam.segment(emb, point - shift, np.ones(1, np.float32), box - np.tile(shift, 2), mask_input=dense)
         mask = np.zeros((h, w), bool)
         mask[y0:y1, x0:x1] = m.mask
         region = region_from_mask(mask, amap_frame)

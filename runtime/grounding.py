@@ -82,4 +82,4 @@ def check(text: str, findings: dict[str, Any], classes: list[str] | None = None)
             "positions": [p for p, _ in positions], "classes": named, "unverified": unverified}
 
 
-__all__ = ["GRID", "check", "cells_of_box", "named_classes", "named_positions"]
+__all__ = ["GENERIC_CLASSES", "GRID", "check", "cells_of_box", "named_classes", "named_positions"]

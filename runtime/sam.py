@@ -41,6 +41,29 @@ def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # a 1-px-thin frame stays 1 px
 
 
+def encoder_input(frame: np.ndarray, size: int) -> np.ndarray:
+    """A frame as the encoder graph takes it: BGR, longest side resized to ``size`` with PIL's
+    bilinear (antialiased) resize, exactly what SamPredictor feeds SAM; padding is in the graph."""
+    img = convert_color(frame, "BGR")
+    h, w = img.shape[:2]
+    nh, nw = resized_shape(h, w, size)
+    if (nh, nw) != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
+    return img
+
+
+def map_prompt(amap: np.ndarray, level: float, input_hw: tuple[int, int], size: int, mask_size: int) -> np.ndarray:
+    """The expert's map (over the encoded frame or crop) as SAM's dense prompt: logits-like,
+    positive above the pixel level, laid out as SAM's low-res masks are (the resized frame in
+    the top-left of the padded encoder input, at ``mask_size``). Its scale matters little: SAM's
+    mask embedding normalises each position over its channels."""
+    nh, nw = input_hw
+    z = np.clip((amap.astype(np.float32) - level) / (abs(level) + 1e-6) * 10.0, -20.0, 20.0)
+    full = np.full((size, size), -20.0, np.float32)
+    full[:nh, :nw] = cv2.resize(z, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(full, (mask_size, mask_size), interpolation=cv2.INTER_AREA)
+
+
 class SamStage:
     """Runs a bundle's SAM graphs: ``encode`` a frame, then ``segment`` it with prompts."""
 
@@ -56,6 +79,8 @@ class SamStage:
             opts = replace(opts, trt_cache_dir=str(bundle.root / "engines" / "trt"))
         self.size = int(stage["input_spec"]["height"])
         self.mask_size = int(stage["options"]["mask_size"])
+        # "expert_map": a SAM adapted to take the expert's map as its dense (mask) prompt
+        self.mask_prompt = stage["options"].get("mask_prompt")
         self.encoder = Engine(bundle.root / files["encoder"], opts)
         self.decoder = Engine(bundle.root / files["decoder"], replace(opts, warmup=0))
         sparse = files.get("sparse_decoder")
@@ -65,13 +90,9 @@ class SamStage:
         """Embed a frame (any size; gray, BGR or BGRA)."""
         if frame.ndim < 2 or frame.shape[0] < 1 or frame.shape[1] < 1:
             raise InputError(f"frame shape {tuple(frame.shape)} has no pixels")
-        img = convert_color(frame, "BGR")
-        h, w = img.shape[:2]
-        nh, nw = resized_shape(h, w, self.size)
-        if (nh, nw) != (h, w):  # PIL's bilinear (antialiased) resize, exactly what SamPredictor feeds SAM
-            img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
+        img = encoder_input(frame, self.size)
         emb = self.encoder.run({"image": np.ascontiguousarray(img[None])})["image_embeddings"]
-        return SamEmbedding(emb, (h, w), (nh, nw))
+        return SamEmbedding(emb, frame.shape[:2], img.shape[:2])
 
     def _scale(self, e: SamEmbedding, xy: np.ndarray) -> np.ndarray:
         (h, w), (nh, nw) = e.frame_hw, e.input_hw

@@ -75,19 +75,26 @@ def test_pixel_f1_matches_scikit_learn(tmp_path):
 @pytest.mark.slow
 def test_default_build_is_cached_and_rebuilt_when_its_inputs_change(tmp_path):
     pytest.importorskip("torch")
-    from demo.build import DefaultConfig, build_default
+    from demo.build import EXPLAINER_PROMPT, DefaultConfig, build_default
     from runtime.bundle import Bundle
 
-    cfg = DefaultConfig(parts="tile", n=8, size=96, expert_steps=3, shots=1)
+    small = {"parts": "tile", "n": 8, "size": 96, "expert_steps": 3, "shots": 1, "lot": 8,
+             "sam_arch": "custom:32:1:2:0", "sam_size": 64, "sam_steps": 2, "explainer_steps": 3}
+    cfg = DefaultConfig(**small)
     b = build_default(tmp_path, cfg, progress=False)
     bundle = Bundle.load(b)
     assert bundle.stage("expert")["kind"] == "onnx" and "image" in bundle.thresholds
+    # all three models, trained here: SAM prompted by the expert's map too, the explainer with its prompt
+    assert bundle.stage("sam")["options"]["mask_prompt"] == "expert_map"
+    assert bundle.stage("sam")["variants"]["fp32"]["provenance"]["adapted"]["steps"] == 2
+    assert bundle.stage("llm")["prompt"] == EXPLAINER_PROMPT and "int4" in bundle.stage("llm")["variants"]
+    built = json.loads((b.parent / "build.json").read_text())
+    assert set(built["masks_on_line"]["arms"]) == {"expert", "sam_roi"}
     assert (b.parent / "data" / "line.avi").is_file() and (b.parent / "build.json").is_file()
     stamp = (b / "manifest.json").stat().st_mtime_ns
     assert build_default(tmp_path, cfg, progress=False) == b  # reused, not rebuilt
     assert (b / "manifest.json").stat().st_mtime_ns == stamp
-    b2 = build_default(tmp_path, DefaultConfig(parts="tile", n=8, size=96, expert_steps=3, shots=1, seed=1),
-                       progress=False)
+    b2 = build_default(tmp_path, DefaultConfig(**small, seed=1), progress=False)
     assert b2 != b and Bundle.load(b2) and not b.parent.exists()  # the stale build is removed
 
 

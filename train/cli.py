@@ -25,7 +25,70 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type, positive: t
     e.add_argument("--seed", type=int, default=0)
 
 
+    x = ts.add_parser("explainer", help="a small LM (Qwen2/Llama layout) that explains findings, from a DDQA corpus "
+                                        "→ save_pretrained folder, for `export llm`")
+    x.add_argument("--corpus", required=True, action="append", help="JSONL from `lineguard ddqa corpus` (repeatable)")
+    x.add_argument("--out", required=True, help="checkpoint folder to write (save_pretrained layout)")
+    x.add_argument("--family", choices=["qwen2", "llama"], default="qwen2")
+    x.add_argument("--hidden", type=positive(int), default=128)
+    x.add_argument("--layers", type=positive(int), default=4)
+    x.add_argument("--vocab", type=positive(int), default=1024, help="BPE vocabulary trained on the corpus")
+    x.add_argument("--steps", type=positive(int), default=400)
+    x.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
+    x.add_argument("--batch", type=positive(int), default=16)
+    x.add_argument("--seed", type=int, default=0)
+
+    ad = sub.add_parser("adapt", help="fit a model to the product's defects, prompted by the bundle's expert")
+    ads = ad.add_subparsers(dest="what", metavar="MODEL", parser_class=parser_class)
+    ads.required = True
+    s = ads.add_parser("sam", help="fine-tune SAM's mask decoder on defect masks with the expert's prompts "
+                                   "(boxes, peak points), then export it into the bundle")
+    s.add_argument("--bundle", required=True, help="a calibrated bundle: its expert makes the prompts")
+    s.add_argument("--dataset", required=True, help="MVTec-layout category: test/<defect> images with ground_truth masks")
+    s.add_argument("--out", help="adapted SAM state dict to write (default: <bundle>-sam.pth beside the bundle)")
+    s.add_argument("--checkpoint", help="SAM state dict to start from (default: the bundle's SAM's)")
+    s.add_argument("--model-type", help="vit_b, vit_l, vit_h or custom:EMBED:DEPTH:HEADS:G1,G2 (default: the bundle's)")
+    s.add_argument("--image-size", type=positive(int), help="encoder input side (default: the bundle's, else 1024)")
+    s.add_argument("--scratch", action="store_true", help="start from random weights (a small SAM trained here)")
+    s.add_argument("--train-encoder", action="store_true", help="train the image encoder too (end to end)")
+    s.add_argument("--mask-prompt", action="store_true",
+                   help="also prompt SAM with the expert's map (its dense prompt); the bundle records it")
+    s.add_argument("--steps", type=positive(int), default=300)
+    s.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
+    s.add_argument("--batch", type=positive(int), default=4, help="images per step")
+    s.add_argument("--lr", type=positive(float), default=1e-4)
+    s.add_argument("--bce", type=float, default=1.0, help="λ_bce, the BCE weight of the mask loss")
+    s.add_argument("--dice", type=float, default=1.0, help="λ_dice, the Dice weight of the mask loss")
+    s.add_argument("--holdout", type=float, default=0.25, help="share of defect images kept out to measure on")
+    s.add_argument("--seed", type=int, default=0)
+
+
+def run_adapt(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .adapt import adapt_sam
+    from .sam import SamAdaptConfig
+
+    cfg = SamAdaptConfig(steps=a.steps, minutes=a.minutes, batch=a.batch, lr=a.lr, bce=a.bce, dice=a.dice,
+                         train_encoder=a.train_encoder or a.scratch, mask_prompt=a.mask_prompt, seed=a.seed)
+    bundle = Path(a.bundle)
+    out = a.out or bundle.parent / f"{bundle.name}-sam.pth"
+    rec = adapt_sam(bundle, a.dataset, out, cfg, a.checkpoint, a.model_type, a.image_size, a.scratch, a.holdout)
+    print(json.dumps({"checkpoint": str(out), "steps": rec["steps"], "seconds": rec["seconds"],
+                      "images": rec["images"], "holdout": rec.get("holdout")}, indent=2))
+    return 0
+
+
 def run(a: argparse.Namespace) -> int:
+    if a.what == "explainer":
+        from .explainer import ExplainerTrainConfig, train_explainer
+
+        xc = ExplainerTrainConfig(family=a.family, hidden=a.hidden, layers=a.layers, vocab=a.vocab, steps=a.steps,
+                                  minutes=a.minutes, batch=a.batch, seed=a.seed)
+        rec = train_explainer(a.corpus, a.out, xc)
+        print(json.dumps({"checkpoint": str(a.out), "steps": rec["steps"], "seconds": rec["seconds"],
+                          "parameters": rec["parameters"], "held_out": rec["held_out"]}, indent=2))
+        return 0
     from .expert import ExpertTrainConfig, train_expert
 
     cfg = ExpertTrainConfig(size=a.size, crop=a.crop, batch=a.batch, steps=a.steps, minutes=a.minutes,

@@ -29,6 +29,7 @@ from runtime.errors import InputError
 from runtime.preprocess import resize
 
 from .anomalies import paste_anomaly
+from .losses import bce_dice
 from .segnet import DeployedSegNet, SegNet, normalize
 
 MIN_PEARSON = 0.999
@@ -47,14 +48,6 @@ class ExpertTrainConfig:
     lr: float = 2e-3
     anomaly_share: float = 0.75  # share of training crops with a pasted anomaly
     seed: int = 0
-
-
-def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE plus a soft Dice over the batch (defect pixels are rare: Dice keeps them from being
-    ignored). DRAEM's focal loss learned the positives far slower here."""
-    p = torch.sigmoid(logits)
-    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice
 
 
 class CropSampler:

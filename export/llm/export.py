@@ -143,7 +143,8 @@ def reference_tokens(model: torch.nn.Module, prompts: list[list[int]], eos: list
 
 
 def agreement(lm: CausalLM, prompts: list[list[int]], refs: list[list[int]], eos: list[int]) -> dict[str, Any]:
-    """Free-run greedy match and teacher-forced next-token agreement against the reference tokens."""
+    """Free-run greedy match and teacher-forced next-token agreement against the reference tokens
+    (and its stop: a trained model may answer a short prompt with its end token at once)."""
     exact, prefix, forced, total = 0, [], 0, 0  # prefix: tokens equal from the start (the length if identical)
     for ids, ref in zip(prompts, refs):
         got = lm.generate(ids, Sampling(max_new_tokens=PARITY_TOKENS, stop_ids=tuple(eos))).ids
@@ -156,6 +157,9 @@ def agreement(lm: CausalLM, prompts: list[list[int]], refs: list[list[int]], eos
             total += 1
             n += 1
             logits, cache = lm.step(np.asarray([[tok]]), n, cache)
+        if eos and len(ref) < PARITY_TOKENS:  # the reference stopped here: so should this model
+            forced += int(np.argmax(logits)) in eos
+            total += 1
     return {"reference": "transformers generate (greedy), same checkpoint", "prompts": len(prompts),
             "tokens": PARITY_TOKENS, "identical_sequences": exact, "matching_prefix": prefix,
             "teacher_forced_agreement": round(forced / max(total, 1), 4)}

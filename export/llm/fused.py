@@ -83,6 +83,8 @@ def _check(model: torch.nn.Module, ck: Checkpoint) -> dict[str, Any]:
     for key in ("final_logit_softcapping", "attn_logit_softcapping", "query_pre_attn_scalar"):
         if cfg.get(key):
             raise Unsupported(key)
+    if ck.head_dim % 16:  # ORT's GroupQueryAttention kernel refuses other sizes (1.32 checks it at run time)
+        raise Unsupported(f"head_dim {ck.head_dim} (GroupQueryAttention needs a multiple of 16)")
     layer = model.model.layers[0].self_attn
     if getattr(layer, "scaling", ck.head_dim ** -0.5) != ck.head_dim ** -0.5:
         raise Unsupported("attention scaling other than 1/sqrt(head_dim)")

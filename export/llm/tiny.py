@@ -57,31 +57,46 @@ def wrap_tokenizer(tok: Any) -> Any:
                                    model_input_names=["input_ids", "attention_mask"])
 
 
+def tiny_config(tok: Any, family: str = "qwen2", hidden: int = 64, layers: int = 2, heads: int = 4,
+                kv_heads: int = 2, intermediate: int = 128, max_positions: int = 512) -> Any:
+    """A transformers config of ``family`` sized as asked, with ``tok``'s special token ids."""
+    import transformers
+
+    spec = FAMILIES[family]
+    cfg = getattr(transformers, spec["cls"])(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=max_positions,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **spec["extra"])
+    if family != "phi3":
+        cfg.pad_token_id = tok.pad_token_id
+    return cfg
+
+
+def save_checkpoint(model: Any, tok: Any, out: str | Path, max_new_tokens: int = 48) -> Path:
+    """``save_pretrained`` of model, tokenizer and generation config: a checkpoint folder as downloaded."""
+    from transformers import GenerationConfig
+
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id, max_new_tokens=max_new_tokens).save_pretrained(out)
+    return out
+
+
 def build_tiny(out: str | Path, family: str = "qwen2", hidden: int = 64, layers: int = 2, heads: int = 4,
                kv_heads: int = 2, intermediate: int = 128, vocab: int = 384, seed: int = 0,
                tokenizer: Any = None) -> Path:
     """Write a tiny ``family`` model + tokenizer with ``save_pretrained``; returns the folder."""
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
-    spec = FAMILIES[family]
     tok = wrap_tokenizer(tokenizer or train_tokenizer(vocab))
-    cfg = getattr(transformers, spec["cls"])(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **spec["extra"])
-    if family != "phi3":
-        cfg.pad_token_id = tok.pad_token_id
+    cfg = tiny_config(tok, family, hidden, layers, heads, kv_heads, intermediate)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():  # larger weights than the init's 0.02: logits with clear winners, no near-ties
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
-    out = Path(out)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id, max_new_tokens=48).save_pretrained(out)
-    return out
+    return save_checkpoint(model, tok, out)

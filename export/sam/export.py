@@ -64,8 +64,11 @@ def measure_parity(sam: torch.nn.Module, stage: SamStage, seed: int = 0) -> dict
 
 
 def export_sam(checkpoint: str | Path, model_type: str, bundle: str | Path, image_size: int = 1024,
-               product: str | None = None) -> Path:
-    """Add (or replace) the ``sam`` stage of ``bundle`` (created if it does not exist)."""
+               product: str | None = None, provenance: dict[str, Any] | None = None,
+               mask_prompt: str | None = None) -> Path:
+    """Add (or replace) the ``sam`` stage of ``bundle`` (created if it does not exist);
+    ``provenance`` is added to the variant's (e.g. how the checkpoint was adapted);
+    ``mask_prompt="expert_map"``: the runtime gives this SAM the expert's map as its mask prompt."""
     arch = parse_arch(model_type)
     sam, prov = load_sam(checkpoint, arch, image_size)
     target = Path(bundle)
@@ -101,9 +104,10 @@ def export_sam(checkpoint: str | Path, model_type: str, bundle: str | Path, imag
             "outputs": engine.io_specs("outputs"),
             "input_spec": spec.to_dict() | {"resize": "longest side to height, pad bottom-right (in graph)"},
             "options": {"model_type": arch.name, "image_size": image_size, "mask_size": 4 * grid,
-                        "embedding_grid": grid, "mask_threshold": 0.0},
+                        "embedding_grid": grid, "mask_threshold": 0.0}
+                       | ({"mask_prompt": mask_prompt} if mask_prompt else {}),
             "variants": {"fp32": {"file": GRAPHS["encoder"], "graphs": dict(GRAPHS), "parity": {},
-                                  "provenance": p_enc | prov}},
+                                  "provenance": p_enc | prov | (provenance or {})}},
         }
         w.manifest.setdefault("provenance", {})["libraries"] = library_versions()
         parity = measure_parity(sam, SamStage(Bundle(w.tmp, w.manifest), "fp32", EngineOptions(device="cpu")))
