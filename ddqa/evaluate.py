@@ -206,7 +206,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     hits: dict[str, dict[str, list[bool]]] = {s: defaultdict(list) for s in systems}
     ious: dict[str, list[float]] = {s: [] for s in systems}
     answered: dict[str, int] = {s: 0 for s in systems}  # answers given in a readable form
-    excluded, grounded, rows = 0, [], []
+    excluded, grounded, rows, explanations = 0, [], [], []
     for (base, rel), qs in tqdm(images, desc="ddqa eval", unit="img", disable=not progress):
         path = Path(base) / rel
         try:
@@ -236,7 +236,9 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
                     ious[s].append(iou)
             rows.append({"id": q.get("id"), "task": q["task"], "answer": q["answer"], "predicted": preds})
         if rt.explainer and res["verdict"] == "defect":
-            grounded.append(bool(rt.explainer.explain(res)["consistent"]))
+            e = rt.explainer.explain(res)
+            grounded.append(bool(e["consistent"]))
+            explanations.append({"image": rel, "text": e["text"], "consistent": e["consistent"], "reason": e["reason"]})
     table = {s: {t: (round(100 * float(np.mean(hits[s][t])), 1) if hits[s][t] else None) for t in TASKS} |
              {"DFM_mIoU": round(float(np.mean(ious[s])), 3) if ious[s] else None,
               "n": {t: len(hits[s][t]) for t in TASKS},
@@ -245,7 +247,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     return {"bundle": str(bundle.root), "ddqa": str(ddqa_path), "precision": precision, "images": len(images),
             "table": table, "dc_excluded_fit_images": excluded, "thresholds_tuned_on_this_data": tuned_here,
             "grounding_rate": round(float(np.mean(grounded)), 3) if grounded else None,
-            "explanations": len(grounded), "problems": problems, "answers": rows}
+            "explanations": len(grounded), "explained": explanations, "problems": problems, "answers": rows}
 
 
 def describe_table(rep: dict[str, Any]) -> str:

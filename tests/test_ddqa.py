@@ -274,4 +274,7 @@ def test_eval_end_to_end_through_the_runtime_and_the_llm(full_bundle, synth, tmp
     assert rep["table"][name]["n"]["DC"] + rep["dc_excluded_fit_images"] == n_defect_images
     assert rep["dc_excluded_fit_images"] == len(DEFECTS)  # one shot per type fitted it
     assert 0.0 <= rep["grounding_rate"] <= 1.0 and rep["explanations"] >= 1
+    # each checked explanation is in the report, and the rate is theirs
+    assert len(rep["explained"]) == rep["explanations"] and all(e["text"] is not None for e in rep["explained"])
+    assert rep["grounding_rate"] == pytest.approx(np.mean([e["consistent"] for e in rep["explained"]]), abs=5e-4)
     assert "AD" in r.stdout and "random chance" in r.stdout
