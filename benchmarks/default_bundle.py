@@ -81,7 +81,7 @@ def main() -> None:
     qa = ddqa_eval(b, out / "ddqa.jsonl")
     res = {"date": time.strftime("%Y-%m-%d"), "dataset": str(d), "seconds": round(time.perf_counter() - t0, 1),
            "expert": {k: expert.get("metrics", expert).get(k) for k in ("image_auroc", "pixel_auroc", "aupro")},
-           "masks_holdout": sam["holdout"], "sam_training": {k: sam[k] for k in ("steps", "seconds", "images")},
+           "masks_holdout": sam.get("holdout"), "sam_training": {k: sam[k] for k in ("steps", "seconds", "images")},
            "ddqa": {k: qa[k] for k in qa if k not in ("answers", "problems")}}
     (out / "result.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     print(json.dumps(res, indent=2, default=float))

@@ -55,8 +55,9 @@ def encoder_input(frame: np.ndarray, size: int) -> np.ndarray:
 def map_prompt(amap: np.ndarray, level: float, input_hw: tuple[int, int], size: int, mask_size: int) -> np.ndarray:
     """The expert's map (over the encoded frame or crop) as SAM's dense prompt: logits-like,
     positive above the pixel level, laid out as SAM's low-res masks are (the resized frame in
-    the top-left of the padded encoder input, at ``mask_size``). Its scale matters little: SAM's
-    mask embedding normalises each position over its channels."""
+    the top-left of the padded encoder input, at ``mask_size``). Its scale matters little (SAM's
+    mask embedding normalises each position over its channels, after a first conv's bias);
+    training and serving both build it here."""
     nh, nw = input_hw
     z = np.clip((amap.astype(np.float32) - level) / (abs(level) + 1e-6) * 10.0, -20.0, 20.0)
     full = np.full((size, size), -20.0, np.float32)
@@ -81,6 +82,9 @@ class SamStage:
         self.mask_size = int(stage["options"]["mask_size"])
         # "expert_map": a SAM adapted to take the expert's map as its dense (mask) prompt
         self.mask_prompt = stage["options"].get("mask_prompt")
+        if self.mask_prompt not in (None, "expert_map"):  # served without it, it would be a different model
+            raise BundleError(f"{bundle.root}/manifest.json: stages.sam.options.mask_prompt "
+                              f"{self.mask_prompt!r} is not known to this runtime (known: expert_map)")
         self.encoder = Engine(bundle.root / files["encoder"], opts)
         self.decoder = Engine(bundle.root / files["decoder"], replace(opts, warmup=0))
         sparse = files.get("sparse_decoder")
@@ -116,7 +120,8 @@ class SamStage:
                 box: np.ndarray | None = None, mask_input: np.ndarray | None = None,
                 multimask: bool = False) -> SamMask:
         """A mask from points (x, y in frame pixels; label 1 = defect, 0 = background) and/or a
-        box (x0, y0, x1, y1), optionally refined from a previous mask's ``logits``."""
+        box (x0, y0, x1, y1), with an optional dense prompt ``mask_input`` [4E, 4E]: a previous
+        mask's ``logits`` (to refine it) or, for a SAM trained so, the expert's map (``map_prompt``)."""
         coords, labs = [], []
         if points is not None and len(points):
             coords.append(self._scale(e, points))

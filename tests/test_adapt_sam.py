@@ -71,7 +71,7 @@ def test_adapt_sam_cli_exports_into_the_bundle_and_measures_on_held_out_images(s
     assert r.returncode == 0, r.stderr
     stage = Bundle.load(b).stage("sam")
     assert "before" in stage["variants"]["fp32"]["provenance"]["adapted"]["holdout"]
-    assert "mask_prompt" not in stage["options"]
+    assert stage["options"]["mask_prompt"] == "expert_map"  # re-adapted, it keeps the prompts it is served with
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -79,6 +79,9 @@ def test_adapt_sam_cli_exports_into_the_bundle_and_measures_on_held_out_images(s
     ([], "--model-type"),
     (["--model-type", "vit_q"], "--model-type 'vit_q'"),
     (["--model-type", ARCH], "--checkpoint"),
+    (["--model-type", ARCH, "--scratch", "--checkpoint", "sam.pth"], "--checkpoint and --scratch"),
+    (["--model-type", ARCH, "--scratch", "--holdout", "0.9"], "--holdout 0.9: leaves none"),
+    (["--minutes", "-1"], "--minutes -1.0: must not be negative"),
 ])
 def test_bad_adapt_arguments_are_one_line(served_bundle, synth, args, needle):
     r = lg("adapt", "sam", "--bundle", served_bundle, "--dataset", synth, *args)

@@ -8,6 +8,7 @@ mask IoU of SAM prompted by the expert vs the expert's own thresholded map.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,18 @@ def adapt_sam(bundle_dir: str | Path, dataset: str | Path, out: str | Path, cfg:
     if not 0.0 <= holdout < 1.0:
         raise LineguardError(f"--holdout {holdout}: use a fraction in [0, 1)")
     bundle = Bundle.load(bundle_dir)
-    prev = bundle.stage("sam")["variants"]["fp32"]["provenance"] if bundle.has_stage("sam") else {}
+    stage = bundle.stage("sam") if bundle.has_stage("sam") else {}
+    prev = stage.get("variants", {}).get("fp32", {}).get("provenance", {})
+    if cfg.mask_prompt is None:  # a re-adapted SAM keeps the prompts it was trained and is served with
+        cfg = replace(cfg, mask_prompt=stage.get("options", {}).get("mask_prompt") == "expert_map")
     model_type = model_type or prev.get("model_type")
     image_size = image_size or prev.get("image_size") or 1024
     if not model_type:
         raise LineguardError("--model-type: the bundle has no SAM to start from; name one "
                              "(vit_b, vit_l, vit_h or custom:EMBED:DEPTH:HEADS:G1,G2)")
     arch = parse_arch(model_type)
+    if scratch and checkpoint:
+        raise LineguardError("--checkpoint and --scratch: give one (--scratch starts from random weights)")
     if scratch:
         torch.manual_seed(cfg.seed)
         sam, start = build_sam(arch, image_size), "random weights (--scratch)"
@@ -58,6 +64,8 @@ def adapt_sam(bundle_dir: str | Path, dataset: str | Path, out: str | Path, cfg:
         sam, prov = load_sam(checkpoint, arch, image_size)
         start = f"{prov['checkpoint']} (sha256 {prov['sha256'][:12]})"
     held, fit = split_defects(dataset, holdout, cfg.seed)
+    if not fit:
+        raise LineguardError(f"--holdout {holdout}: leaves none of the {len(held)} defect images to train on")
     before = compare_masks(bundle, held, ("sam_roi",), progress) if held and prev and not scratch else None
     examples = collect(bundle, fit, image_size, cfg, progress)
     record = train_sam(sam, examples, cfg, progress) | {"start": start, "dataset": str(Path(dataset).resolve()),

@@ -51,8 +51,9 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type, positive: t
     s.add_argument("--image-size", type=positive(int), help="encoder input side (default: the bundle's, else 1024)")
     s.add_argument("--scratch", action="store_true", help="start from random weights (a small SAM trained here)")
     s.add_argument("--train-encoder", action="store_true", help="train the image encoder too (end to end)")
-    s.add_argument("--mask-prompt", action="store_true",
-                   help="also prompt SAM with the expert's map (its dense prompt); the bundle records it")
+    s.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
+                   help="also prompt SAM with the expert's map (its dense prompt); the bundle records it "
+                        "(default: as the bundle's SAM was adapted)")
     s.add_argument("--steps", type=positive(int), default=300)
     s.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
     s.add_argument("--batch", type=positive(int), default=4, help="images per step")
@@ -71,7 +72,8 @@ def run_adapt(a: argparse.Namespace) -> int:
 
     cfg = SamAdaptConfig(steps=a.steps, minutes=a.minutes, batch=a.batch, lr=a.lr, bce=a.bce, dice=a.dice,
                          train_encoder=a.train_encoder or a.scratch, mask_prompt=a.mask_prompt, seed=a.seed)
-    bundle = Path(a.bundle)
+    _non_negative(a, "minutes", "bce", "dice")
+    bundle = Path(a.bundle).resolve()
     out = a.out or bundle.parent / f"{bundle.name}-sam.pth"
     rec = adapt_sam(bundle, a.dataset, out, cfg, a.checkpoint, a.model_type, a.image_size, a.scratch, a.holdout)
     print(json.dumps({"checkpoint": str(out), "steps": rec["steps"], "seconds": rec["seconds"],
@@ -79,7 +81,16 @@ def run_adapt(a: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(a: argparse.Namespace, *names: str) -> None:
+    from runtime.errors import LineguardError
+
+    for n in names:
+        if getattr(a, n) < 0:
+            raise LineguardError(f"--{n} {getattr(a, n)}: must not be negative")
+
+
 def run(a: argparse.Namespace) -> int:
+    _non_negative(a, "minutes")
     if a.what == "explainer":
         from .explainer import ExplainerTrainConfig, train_explainer
 

@@ -59,9 +59,14 @@ def read_corpus(paths: list[str | Path]) -> list[dict[str, Any]]:
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
             try:
                 rec = json.loads(line)
-                rec["findings"], rec["reference"]  # noqa: B018 - both are needed
+                f = rec["findings"]
+                ok = isinstance(rec["reference"], str) and f["verdict"] in ("defect", "normal") and len(f["size"]) == 2
+                ok = ok and all({"box", "cell", "area_frac"} <= set(r) for r in f["regions"])
             except (ValueError, KeyError, TypeError):
-                raise InputError(f"{path}:{i + 1}: not a corpus record (findings + reference)") from None
+                ok = False
+            if not ok:
+                raise InputError(f"{path}:{i + 1}: not a corpus record (findings with verdict, size and "
+                                 "regions, and a reference; write one with `lineguard ddqa corpus`)")
             out.append(rec)
     if not out:
         raise InputError("the corpus is empty")
@@ -151,7 +156,8 @@ def grounding_rate(model: Any, tok: Any, examples: list[tuple[str, str, dict[str
         ok += bool(c["consistent"])
         if not c["consistent"] and len(bad) < 5:
             bad.append({"text": text, "reason": c["reason"]})
-    return {"pairs": len(examples), "grounded": ok / max(len(examples), 1), "examples_not_grounded": bad}
+    return {"pairs": len(examples), "grounded": ok / len(examples) if examples else None,
+            "examples_not_grounded": bad}
 
 
 def train_explainer(corpus: list[str | Path], out: str | Path, cfg: ExplainerTrainConfig,

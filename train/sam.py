@@ -6,8 +6,8 @@ SAM's own IoU-head loss so the reported ``sam_iou`` means something. The encoder
 and each image's embedding is computed once (decoder-only: CPU-feasible on a real vit_b), unless
 ``train_encoder`` (a small SAM trained end to end, the default bundle's). Crops, resizes and
 prompt coordinates are the runtime's own functions, so what is trained is what is served.
-Prompts from the truth (each defect's jittered box and a point inside) are added where the
-expert gave too few, so SAM also learns defects the expert outlines badly.
+Prompts from the truth (each of the largest defects' jittered box and a point inside) are added
+to every image's, so SAM also learns defects the expert outlines badly or misses.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class SamAdaptConfig:
     dice: float = 1.0  # λ_dice
     train_encoder: bool = False  # end to end (no embedding cache): for a small SAM trained from scratch
     truth_prompts: bool = True  # add prompts made from the truth masks (jittered)
-    mask_prompt: bool = False  # also give SAM the expert's map as its dense prompt (runtime: "expert_map")
+    mask_prompt: bool | None = None  # the expert's map as SAM's dense prompt too (None: as the bundle's SAM)
     mode: str = "roi"  # the runtime's SAM mode: encode a crop around the prompts ("roi") or the frame
     min_roi: int = 128
     top_k: int = 3
@@ -98,6 +98,8 @@ def make_example(frame: np.ndarray, gt: np.ndarray, amap: np.ndarray, thresholds
     """One image's prompts and targets in the encoder's input frame (None: nothing to learn)."""
     h, w = frame.shape[:2]
     comps = cv2.connectedComponents(gt.astype(np.uint8), connectivity=8)[1]
+    if float(amap.max()) <= float(amap.min()):  # a flat map: the runtime asks SAM nothing
+        return None
     found, level = expert_prompts(amap, (h, w), thresholds, cfg.top_k, cfg.pad)
     prompts = [(box, pt, t, "expert") for box, pt, _ in found if (t := _match(box, comps)) is not None]
     if cfg.truth_prompts and gt.any():
