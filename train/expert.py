@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from calibration.dataset import normal_images, read_frames
 from export.onnx_export import export_onnx
@@ -29,6 +27,7 @@ from runtime.errors import InputError
 from runtime.preprocess import resize
 
 from .anomalies import paste_anomaly
+from .loop import Steps
 from .losses import bce_dice
 from .segnet import DeployedSegNet, SegNet, normalize
 
@@ -91,30 +90,15 @@ def train_segnet(images: list[np.ndarray], cfg: ExpertTrainConfig, progress: boo
         raise InputError(f"--crop {cfg.crop} is larger than --size {cfg.size}")
     torch.manual_seed(cfg.seed)
     net = SegNet(cfg.width, cfg.norm)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    loop = Steps(net.parameters(), cfg.lr, cfg.steps, cfg.minutes, "train expert", progress)
     sampler = CropSampler(images, cfg)
-    t0, losses = time.perf_counter(), []
-    bar = tqdm(range(cfg.steps), desc="train expert", unit="step", disable=not progress)
     net.train()
-    for step in bar:
+    for _ in loop:
         x, y = sampler.batch()
         logits = F.interpolate(net(normalize(x)), size=y.shape[-2:], mode="bilinear", align_corners=False)
-        loss = bce_dice(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            log.debug("step %d loss %.4f", step, np.mean(losses[-20:]))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if cfg.minutes and time.perf_counter() - t0 > cfg.minutes * 60:
-            break
+        loop.step(bce_dice(logits, y))
     net.eval()
-    record = {"steps": len(losses), "seconds": round(time.perf_counter() - t0, 1),
-              "final_loss": round(float(np.mean(losses[-20:])), 4), "train_images": len(images),
-              "parameters": sum(p.numel() for p in net.parameters())}
+    record = loop.record() | {"train_images": len(images), "parameters": sum(p.numel() for p in net.parameters())}
     return net, record
 
 

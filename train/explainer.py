@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from runtime.errors import InputError
 from runtime.findings import GRID
 from runtime.grounding import GENERIC_CLASSES, check
 from runtime.prompting import DEFAULT_PROMPT, PromptBuilder
+
+from .loop import Steps
 
 log = logging.getLogger("lineguard.train")
 
@@ -181,28 +182,15 @@ def train_explainer(corpus: list[str | Path], out: str | Path, cfg: ExplainerTra
     mcfg = tiny_config(tok, cfg.family, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate,
                        max_positions=max(512, 2 * max(len(ids) for ids, _ in data)))
     model = AutoModelForCausalLM.from_config(mcfg, attn_implementation="eager")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    t0, losses = time.perf_counter(), []
+    loop = Steps(model.parameters(), cfg.lr, cfg.steps, cfg.minutes, "train explainer", progress,
+                 weight_decay=0.01, clip=1.0)
     model.train()
-    bar = tqdm(range(cfg.steps), desc="train explainer", unit="step", disable=not progress)
-    for _ in bar:
+    for _ in loop:
         pick = rng.choice(len(data), size=min(cfg.batch, len(data)), replace=False)
         ids, labels, att = batch_tensors([data[int(i)] for i in pick], tok.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if cfg.minutes and time.perf_counter() - t0 > cfg.minutes * 60:
-            break
+        loop.step(model(input_ids=ids, attention_mask=att, labels=labels).loss)
     model.eval()
-    record = {"config": asdict(cfg), "steps": len(losses), "seconds": round(time.perf_counter() - t0, 1),
-              "first_loss": round(float(np.mean(losses[:5])), 4),
-            "final_loss": round(float(np.mean(losses[-20:])), 4), "corpus": [str(Path(c).resolve()) for c in corpus],
+    record = {"config": asdict(cfg)} | loop.record() | {"corpus": [str(Path(c).resolve()) for c in corpus],
               "pairs": len(fit), "training_sequences": len(data),
               "parameters": sum(p.numel() for p in model.parameters()),
               "held_out": grounding_rate(model, tok, pairs(held, builder, 0, rng), progress=progress)}

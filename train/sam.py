@@ -13,7 +13,6 @@ to every image's, so SAM also learns defects the expert outlines badly or misses
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from runtime.expert import Expert
 from runtime.imageio import read_image
 from runtime.sam import encoder_input, map_prompt
 
+from .loop import Steps
 from .losses import bce_dice
 
 log = logging.getLogger("lineguard.train")
@@ -176,33 +176,20 @@ def train_sam(sam: Sam, examples: list[Example], cfg: SamAdaptConfig, progress: 
         with torch.no_grad():
             for ex in tqdm(examples, desc="embed (frozen encoder)", unit="img", disable=not progress, leave=False):
                 ex.embedding = enc(torch.from_numpy(np.ascontiguousarray(ex.image[None])))
-    params = [p for p in sam.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    loop = Steps([p for p in sam.parameters() if p.requires_grad], cfg.lr, cfg.steps, cfg.minutes, "adapt sam",
+                 progress)
     rng = np.random.default_rng(cfg.seed)
-    t0, losses = time.perf_counter(), []
     sam.train()
-    bar = tqdm(range(cfg.steps), desc="adapt sam", unit="step", disable=not progress)
-    for _ in bar:
+    for _ in loop:
         loss = torch.zeros(())
         for i in rng.choice(len(examples), size=min(cfg.batch, len(examples)), replace=False):
             ex = examples[int(i)]
             emb = ex.embedding if ex.embedding is not None else enc(torch.from_numpy(ex.image[None].copy()))
             loss = loss + _loss(dec, emb, ex, size, cfg)
-        loss = loss / min(cfg.batch, len(examples))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if cfg.minutes and time.perf_counter() - t0 > cfg.minutes * 60:
-            break
+        loop.step(loss / min(cfg.batch, len(examples)))
     sam.eval()
     for ex in examples:
         ex.embedding = None
-    return {"config": asdict(cfg), "steps": len(losses), "seconds": round(time.perf_counter() - t0, 1),
-            "first_loss": round(float(np.mean(losses[:5])), 4),
-            "final_loss": round(float(np.mean(losses[-20:])), 4), "images": len(examples),
+    return {"config": asdict(cfg)} | loop.record() | {"images": len(examples),
             "prompts": {s: sum(ex.sources.count(s) for ex in examples) for s in ("expert", "truth")},
             "trained": "whole model" if cfg.train_encoder else "mask decoder and prompt encoder (encoder frozen)"}

@@ -1,0 +1,51 @@
+"""The loop the trainers share: AdamW with a one-cycle schedule over ``steps``, an optional
+time cap, a progress bar with the running loss, and the loss record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+class Steps:
+    """``for _ in loop: loop.step(loss)``; then ``loop.record()``."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, steps: int, minutes: float = 0.0,
+                 desc: str = "train", progress: bool = True, weight_decay: float = 1e-4,
+                 clip: float | None = None) -> None:
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+        self.steps, self.minutes, self.clip = steps, minutes, clip
+        self.desc, self.progress = desc, progress
+        self.losses: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def __iter__(self) -> Iterator[int]:
+        self.t0 = time.perf_counter()
+        bar = tqdm(range(self.steps), desc=self.desc, unit="step", disable=not self.progress)
+        for i in bar:
+            yield i
+            if self.losses:
+                bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}")
+            if self.minutes and time.perf_counter() - self.t0 > self.minutes * 60:
+                break
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        self.sched.step()
+        self.losses.append(loss.item())
+
+    def record(self) -> dict[str, Any]:
+        return {"steps": len(self.losses), "seconds": round(time.perf_counter() - self.t0, 1),
+                "first_loss": round(float(np.mean(self.losses[:5])), 4),
+                "final_loss": round(float(np.mean(self.losses[-20:])), 4)}
