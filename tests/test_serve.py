@@ -23,17 +23,23 @@ from runtime.imageio import list_images, read_image
 from runtime.protocol import encode_frame
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all held open while choosing, so none is handed out twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Station:
     """The server process plus a subscriber and a sender, all on loopback."""
 
     def __init__(self, bundle: Path, tmp: Path, *extra: str) -> None:
-        self.ports = {k: free_port() for k in ("ingest", "publish", "imagezmq", "metrics")}
+        self.ports = dict(zip(("ingest", "publish", "imagezmq", "metrics"), free_ports(4)))
         self.ingest = f"tcp://127.0.0.1:{self.ports['ingest']}"
         self.publish = f"tcp://127.0.0.1:{self.ports['publish']}"
         self.imagezmq = f"tcp://127.0.0.1:{self.ports['imagezmq']}"
