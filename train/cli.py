@@ -6,23 +6,33 @@ import argparse
 import json
 
 
+def _group(sub: argparse._SubParsersAction, name: str, help: str, parser_class: type) -> argparse._SubParsersAction:
+    """``lineguard NAME MODEL ...``: a command whose subcommand names the model."""
+    models = sub.add_parser(name, help=help).add_subparsers(dest="what", metavar="MODEL", parser_class=parser_class)
+    models.required = True
+    return models
+
+
+def _loop_args(p: argparse.ArgumentParser, positive: type, steps: int, batch: int, batch_help: str | None = None) -> None:
+    """The options every trainer's loop takes (``train.loop.Steps``)."""
+    p.add_argument("--steps", type=positive(int), default=steps)
+    p.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
+    p.add_argument("--batch", type=positive(int), default=batch, help=batch_help)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def add_parsers(sub: argparse._SubParsersAction, parser_class: type, positive: type) -> None:
-    tr = sub.add_parser("train", help="train a default model from scratch (no pretrained weights needed)")
-    ts = tr.add_subparsers(dest="what", metavar="MODEL", parser_class=parser_class)
-    ts.required = True
+    ts = _group(sub, "train", "train a default model from scratch (no pretrained weights needed)", parser_class)
     e = ts.add_parser("expert", help="a self-supervised anomaly segmenter (synthetic anomalies on normal images) "
                                      "→ ONNX, for `export expert --kind onnx`")
     e.add_argument("--train", required=True, help="folder of normal images (or an MVTec category: its train/good)")
     e.add_argument("--out", required=True, help="ONNX file to write (a .json record goes beside it)")
     e.add_argument("--size", type=positive(int), default=256, help="square input side of the exported graph")
     e.add_argument("--crop", type=positive(int), default=128, help="training crop side")
-    e.add_argument("--steps", type=positive(int), default=700)
-    e.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
-    e.add_argument("--batch", type=positive(int), default=16)
     e.add_argument("--width", type=positive(int), default=24, help="channels of the first stage")
     e.add_argument("--norm", choices=["batch", "group"], default="batch",
                    help="batch: one product per expert (as a bundle is); group: several products in one expert")
-    e.add_argument("--seed", type=int, default=0)
+    _loop_args(e, positive, steps=700, batch=16)
 
 
     x = ts.add_parser("explainer", help="a small LM (Qwen2/Llama layout) that explains findings, from a DDQA corpus "
@@ -33,14 +43,10 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type, positive: t
     x.add_argument("--hidden", type=positive(int), default=128)
     x.add_argument("--layers", type=positive(int), default=4)
     x.add_argument("--vocab", type=positive(int), default=1024, help="BPE vocabulary trained on the corpus")
-    x.add_argument("--steps", type=positive(int), default=400)
-    x.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
-    x.add_argument("--batch", type=positive(int), default=16)
-    x.add_argument("--seed", type=int, default=0)
+    # fewer than ~1000 steps: fluent answers that do not copy the findings (BENCHMARKS.md)
+    _loop_args(x, positive, steps=2000, batch=16)
 
-    ad = sub.add_parser("adapt", help="fit a model to the product's defects, prompted by the bundle's expert")
-    ads = ad.add_subparsers(dest="what", metavar="MODEL", parser_class=parser_class)
-    ads.required = True
+    ads = _group(sub, "adapt", "fit a model to the product's defects, prompted by the bundle's expert", parser_class)
     s = ads.add_parser("sam", help="fine-tune SAM's mask decoder on defect masks with the expert's prompts "
                                    "(boxes, peak points), then export it into the bundle")
     s.add_argument("--bundle", required=True, help="a calibrated bundle: its expert makes the prompts")
@@ -54,14 +60,11 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type, positive: t
     s.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
                    help="also prompt SAM with the expert's map (its dense prompt); the bundle records it "
                         "(default: as the bundle's SAM was adapted)")
-    s.add_argument("--steps", type=positive(int), default=300)
-    s.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
-    s.add_argument("--batch", type=positive(int), default=4, help="images per step")
     s.add_argument("--lr", type=positive(float), default=1e-4)
     s.add_argument("--bce", type=float, default=1.0, help="λ_bce, the BCE weight of the mask loss")
     s.add_argument("--dice", type=float, default=1.0, help="λ_dice, the Dice weight of the mask loss")
     s.add_argument("--holdout", type=float, default=0.25, help="share of defect images kept out to measure on")
-    s.add_argument("--seed", type=int, default=0)
+    _loop_args(s, positive, steps=300, batch=4, batch_help="images per step")
 
 
 def run_adapt(a: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ class ExplainerTrainConfig:
     kv_heads: int = 2
     intermediate: int = 384
     vocab: int = 1024
-    steps: int = 800
+    steps: int = 2000  # copying from the findings is learned after ~1000 (BENCHMARKS.md)
     minutes: float = 0.0  # > 0: stop when this much time has passed, whatever ``steps`` says
     batch: int = 16
     lr: float = 3e-3
