@@ -18,21 +18,21 @@ import shutil
 import time
 from pathlib import Path
 
-from calibration.calibrate import calibrate
-from calibration.classes import fit_classes
-from calibration.dataset import load_labelled
-from calibration.evaluate import evaluate_bundle
-from ddqa.build import build as build_questions
-from ddqa.evaluate import evaluate as ddqa_eval
-from demo.build import EXPLAINER_PROMPT, DefaultConfig, build_default
-from demo.dataset import link_file
-from export.llm.export import export_llm
-from export.onnx_import import import_onnx_expert
-from runtime.bundle import Bundle, BundleWriter
-from runtime.imageio import list_images
-from train.adapt import adapt_sam, split_defects
-from train.expert import ExpertTrainConfig, train_expert
-from train.sam import SamAdaptConfig
+from lineguard.calibration.calibrate import calibrate
+from lineguard.calibration.classes import fit_classes
+from lineguard.calibration.dataset import load_labelled
+from lineguard.calibration.evaluate import evaluate_bundle
+from lineguard.ddqa.build import build as build_questions
+from lineguard.ddqa.evaluate import evaluate as ddqa_eval
+from lineguard.demo.build import EXPLAINER_PROMPT, DefaultConfig, build_default
+from lineguard.demo.dataset import link_file
+from lineguard.export.llm.export import export_llm
+from lineguard.export.onnx_import import import_onnx_expert
+from lineguard.runtime.bundle import Bundle, BundleWriter
+from lineguard.runtime.imageio import list_images
+from lineguard.train.adapt import adapt_sam, split_defects
+from lineguard.train.expert import ExpertTrainConfig, train_expert
+from lineguard.train.sam import SamAdaptConfig
 
 HOLDOUT = 0.25
 

@@ -15,11 +15,11 @@ import json
 import time
 from pathlib import Path
 
-from calibration.dataset import load_labelled
-from calibration.evaluate import evaluate_bundle
-from export.onnx_import import import_onnx_expert
-from runtime.bundle import Bundle
-from train.expert import ExpertTrainConfig, train_expert
+from lineguard.calibration.dataset import load_labelled
+from lineguard.calibration.evaluate import evaluate_bundle
+from lineguard.export.onnx_import import import_onnx_expert
+from lineguard.runtime.bundle import Bundle
+from lineguard.train.expert import ExpertTrainConfig, train_expert
 
 
 def main() -> None:

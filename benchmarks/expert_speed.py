@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.quantize import QuantConfig, preprocess, quantize_int8
-from export.expert import export_patchcore
-from export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec
-from runtime.bundle import Bundle
-from runtime.engine import Engine, EngineOptions
-from runtime.imageio import list_images, read_image
-from runtime.preprocess import to_batch
-
-from .synth import make_dataset
+from lineguard.calibration.quantize import QuantConfig, preprocess, quantize_int8
+from lineguard.export.expert import export_patchcore
+from lineguard.export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import Engine, EngineOptions
+from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.stages.preprocess import to_batch
+from lineguard.synth.tiles import make_dataset
 
 
 def time_pass(fn: Callable[[np.ndarray], object], frames: np.ndarray, batch: int, repeats: int) -> dict:

@@ -14,10 +14,10 @@ import os
 import time
 from pathlib import Path
 
-from runtime.bundle import Bundle
-from runtime.engine import EngineOptions
-from runtime.expert import Expert
-from runtime.imageio import list_images, read_image
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import EngineOptions
+from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.stages.expert import Expert
 
 from .line_rate import _side_by_side
 

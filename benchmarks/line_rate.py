@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.bundle import Bundle
-from runtime.engine import EngineOptions
-from runtime.expert import Expert
-from runtime.findings import hottest_region
-from runtime.imageio import list_images, read_image
-from runtime.preprocess import to_batch
-from runtime.prompting import DEFAULT_PROMPT, PromptBuilder, findings_for_prompt
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import EngineOptions
+from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.stages.expert import Expert
+from lineguard.runtime.stages.findings import hottest_region
+from lineguard.runtime.stages.preprocess import to_batch
+from lineguard.runtime.stages.prompting import DEFAULT_PROMPT, PromptBuilder, findings_for_prompt
 
 from .serve_threads import build
 
@@ -81,10 +81,10 @@ def real_stack(work: Path, sam_size: int) -> Stack:
     stack = Stack(bundle, data, "vit_b", sam_size, ckpt, llm, ["--sam-precision", "int8"])
     if (bundle / "manifest.json").is_file():
         return stack
-    from calibration.sam_variants import build_sam_variants
-    from export.llm.export import export_llm
-    from export.sam.checkpoint import build_sam, parse_arch
-    from export.sam.export import export_sam
+    from lineguard.calibration.sam_variants import build_sam_variants
+    from lineguard.export.llm.export import export_llm
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.export.sam.export import export_sam
 
     from .llm_speed import build_shape
 
@@ -109,8 +109,8 @@ def research_loop(bundle: Bundle, stack: Stack, frames: list[np.ndarray], gated:
     from segment_anything import SamPredictor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec
-    from export.sam.checkpoint import load_sam, parse_arch
+    from lineguard.export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec
+    from lineguard.export.sam.checkpoint import load_sam, parse_arch
 
     torch.set_num_threads(2)
     train = [read_image(p) for p in list_images(stack.data / "train" / "good")]
@@ -188,7 +188,7 @@ def ceiling(bundle: Bundle, frames: list[np.ndarray], batch: int = 8, seconds: f
 
 def sweep(stack: Stack, start: float, a: argparse.Namespace, extra: list[str], name: str) -> dict:
     """``lineguard bench --sweep`` on the stack's bundle with ``extra`` serve arguments."""
-    from runtime.bench import run_bench
+    from lineguard.runtime.clients.bench import run_bench
 
     _, rep = run_bench(str(stack.bundle), str(stack.data), rate=start, duration=a.duration,
                        defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.1,
@@ -207,7 +207,7 @@ def sweep(stack: Stack, start: float, a: argparse.Namespace, extra: list[str], n
 def int8_expert(stack: Stack) -> bool:
     """Add the expert's INT8 variant (through the accuracy gate) if missing; False if the gate refused it."""
     if "int8" not in Bundle.load(stack.bundle).stage("expert")["variants"]:
-        from calibration.variants import build_variants
+        from lineguard.calibration.variants import build_variants
 
         build_variants(stack.bundle, str(stack.data), str(stack.data), ("int8",), progress=False)
     return "int8" in Bundle.load(stack.bundle).stage("expert")["variants"]

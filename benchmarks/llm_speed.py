@@ -42,7 +42,7 @@ def build_shape(shape: str, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
 
-    from export.llm.tiny import train_tokenizer, wrap_tokenizer
+    from lineguard.export.llm.tiny import train_tokenizer, wrap_tokenizer
 
     tok = wrap_tokenizer(train_tokenizer(384))
     cfg = Qwen2Config(**SHAPES[shape], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
@@ -158,9 +158,9 @@ def run_one(engine: str, model: Path, bundle: Path, pp: int, tg: int, threads: i
             gen.append(b)
         provider = f"onnxruntime-genai {og.__version__}, its own int4 build, {threads} threads (genai_config)"
     else:
-        from runtime.bundle import Bundle
-        from runtime.engine import EngineOptions
-        from runtime.llm import CausalLM, Sampling
+        from lineguard.runtime.bundle import Bundle
+        from lineguard.runtime.bundle.engine import EngineOptions
+        from lineguard.runtime.stages.llm import CausalLM, Sampling
 
         b = Bundle.load(bundle, verify=False)
         prec = engine.split("-")[1]
@@ -235,7 +235,7 @@ def main() -> None:
         print(json.dumps(run_one(a.one, a.model, a.bundle, a.pp, a.tg, a.threads, a.repeats)))
         return
 
-    from export.llm.export import export_llm
+    from lineguard.export.llm.export import export_llm
 
     from .expert_speed import machine
 
@@ -245,14 +245,14 @@ def main() -> None:
     if not (bundle / "manifest.json").is_file():
         print(f"exporting {model} → {bundle} (fp32 + int4)", file=sys.stderr)
         _, parity = export_llm(model, bundle, ("fp32", "int4"))
-    from runtime.bundle import Bundle
+    from lineguard.runtime.bundle import Bundle
 
     b = Bundle.load(bundle, verify=False)
     parity = {p: v["parity"] for p, v in b.stage("llm")["variants"].items()}
     for engine in [e for e in a.engines.split(",") if e.startswith("ort-int4-b")]:
         dst = block_variant(bundle, engine)
         if not dst.is_file():
-            from export.llm.int4 import Int4Config, quantize_int4
+            from lineguard.export.llm.int4 import Int4Config, quantize_int4
 
             quantize_int4(b.variant_path("llm", "fp32"), dst, Int4Config(block_size=int(engine.rsplit("-b", 1)[1])))
     if "ort-int4-traced" in a.engines.split(",") and not (traced_bundle(bundle) / "manifest.json").is_file():

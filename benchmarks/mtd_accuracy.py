@@ -13,11 +13,11 @@ import json
 import time
 from pathlib import Path
 
-from calibration.dataset import load_labelled
-from calibration.evaluate import evaluate_bundle
-from export.expert import export_patchcore
-from export.patchcore.fit import PatchCoreConfig
-from runtime.bundle import Bundle
+from lineguard.calibration.dataset import load_labelled
+from lineguard.calibration.evaluate import evaluate_bundle
+from lineguard.export.expert import export_patchcore
+from lineguard.export.patchcore.fit import PatchCoreConfig
+from lineguard.runtime.bundle import Bundle
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from calibration.dataset import test_samples
-from calibration.masks import compare_masks
-from export.sam.checkpoint import build_sam, parse_arch
-from export.sam.export import export_sam
-from runtime.bundle import Bundle
+from lineguard.calibration.dataset import test_samples
+from lineguard.calibration.masks import compare_masks
+from lineguard.export.sam.checkpoint import build_sam, parse_arch
+from lineguard.export.sam.export import export_sam
+from lineguard.runtime.bundle import Bundle
 
 
 def main() -> None:

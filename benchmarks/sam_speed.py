@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from segment_anything import SamPredictor
 
-from calibration.sam_variants import build_sam_variants
-from export.sam.checkpoint import build_sam, parse_arch
-from export.sam.export import export_sam, parity_cases
-from runtime.bundle import Bundle
-from runtime.engine import EngineOptions
-from runtime.sam import SamStage
+from lineguard.calibration.sam_variants import build_sam_variants
+from lineguard.export.sam.checkpoint import build_sam, parse_arch
+from lineguard.export.sam.export import export_sam, parity_cases
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import EngineOptions
+from lineguard.runtime.stages.sam import SamStage
 
 TYPES = {"vit_b": "vit_b", "tiny": "custom:64:2:2:1"}
 
@@ -51,7 +51,7 @@ def bench_one(kind: str, size: int, repeats: int, tmp: Path) -> dict:
     export_s = time.perf_counter() - t0
     gates = build_sam_variants(bdir)
     bundle = Bundle.load(bdir)
-    from export.sam.checkpoint import load_sam
+    from lineguard.export.sam.checkpoint import load_sam
 
     sam, _ = load_sam(ckpt, arch, size)
     frame, prompts = parity_cases(size, size, seed=0)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import zmq
 
-from runtime.imageio import list_images, read_image
-from runtime.protocol import encode_frame
+from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.station.protocol import encode_frame
 
 CONFIGS = [("1 thread, no spin", ["--threads", "1"]), ("2 threads, no spin", ["--threads", "2"]),
            ("2 threads, spinning", ["--threads", "2", "--spinning"])]
@@ -42,14 +42,14 @@ def build(work: Path) -> tuple[Path, Path]:
         return bundle, data
     import torch
 
-    from benchmarks.synth import make_dataset
-    from calibration.calibrate import calibrate
-    from export.expert import export_patchcore
-    from export.llm.export import export_llm
-    from export.llm.tiny import build_tiny
-    from export.patchcore.fit import PatchCoreConfig
-    from export.sam.checkpoint import build_sam, parse_arch
-    from export.sam.export import export_sam
+    from lineguard.calibration.calibrate import calibrate
+    from lineguard.export.expert import export_patchcore
+    from lineguard.export.llm.export import export_llm
+    from lineguard.export.llm.tiny import build_tiny
+    from lineguard.export.patchcore.fit import PatchCoreConfig
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.export.sam.export import export_sam
+    from lineguard.synth.tiles import make_dataset
 
     shutil.rmtree(work, ignore_errors=True)
     data = make_dataset(work / "data", "tile", n_train=30, n_good=20, n_defect=20, size=256, seed=1)
@@ -65,7 +65,7 @@ def build(work: Path) -> tuple[Path, Path]:
 def run(bundle: Path, frames: list, extra: list[str]) -> dict:
     ports = [_port(), _port()]
     ing, pub = (f"tcp://127.0.0.1:{p}" for p in ports)
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", str(bundle), "--ingest", ing, "--publish",
+    proc = subprocess.Popen([sys.executable, "-m", "lineguard", "serve", str(bundle), "--ingest", ing, "--publish",
                              pub, "--queue", "1000", "--hwm", "1000", *extra], stdout=subprocess.PIPE, text=True)
     assert json.loads(proc.stdout.readline())["event"] == "ready"
     ctx = zmq.Context()

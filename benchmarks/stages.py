@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from runtime.bundle import Bundle
-from runtime.engine import EngineOptions
-from runtime.protocol import encode_frame, parse_frame
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import EngineOptions
+from lineguard.runtime.station.protocol import encode_frame, parse_frame
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -90,7 +90,7 @@ def transport(repeats: int, shape: tuple[int, ...], addr: str) -> dict[str, Any]
 
 
 def stage_rows(bundle: Bundle, frames: list[np.ndarray], repeats: int) -> list[dict[str, Any]]:
-    from runtime.expert import Expert
+    from lineguard.runtime.stages.expert import Expert
 
     rows = []
     opts = EngineOptions(device="cpu", warmup=1)
@@ -100,7 +100,7 @@ def stage_rows(bundle: Bundle, frames: list[np.ndarray], repeats: int) -> list[d
         ex = Expert(bundle, prec, opts)
         rows.append({"stage": "expert (batch 1)", "precision": prec, "ms": median_ms(lambda ex=ex: ex(frames[:1]), repeats)})
     if bundle.has_stage("sam"):
-        from runtime.sam import SamStage
+        from lineguard.runtime.stages.sam import SamStage
 
         for prec in bundle.stage("sam")["variants"]:
             sam = SamStage(bundle, prec, opts)
@@ -112,7 +112,7 @@ def stage_rows(bundle: Bundle, frames: list[np.ndarray], repeats: int) -> list[d
             rows.append({"stage": "SAM decoder (box)", "precision": prec,
                          "ms": median_ms(lambda s=sam, e=emb, b=box: s.segment(e, box=b), repeats)})
     if bundle.has_stage("llm"):
-        from runtime.llm import CausalLM, Sampling
+        from lineguard.runtime.stages.llm import CausalLM, Sampling
 
         st = bundle.stage("llm")
         for prec in st["variants"]:
@@ -135,7 +135,7 @@ def main() -> None:
     a = ap.parse_args()
     bundle = Bundle.load(a.bundle)
     if a.images:
-        from runtime.imageio import list_images, read_image
+        from lineguard.runtime.imageio import list_images, read_image
 
         frames = [read_image(p) for p in list_images(Path(a.images), recursive=True)[:4]]
     else:

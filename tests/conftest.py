@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.synth import make_dataset
+from lineguard.synth.tiles import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -40,8 +40,8 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="export tests need the export extra (torch)")
-    from export.expert import export_patchcore
-    from export.patchcore.fit import PatchCoreConfig
+    from lineguard.export.expert import export_patchcore
+    from lineguard.export.patchcore.fit import PatchCoreConfig
 
     out = tmp_path_factory.mktemp("bundles") / "tile"
     return export_patchcore(synth, out, PatchCoreConfig(size=SIZE, coreset=0.25, seed=0), progress=False)
@@ -65,10 +65,10 @@ def served_bundle(bundle_dir: Path, synth: Path, tmp_path_factory: pytest.TempPa
 def full_bundle(served_bundle, tmp_path_factory) -> Path:
     """Expert + tiny SAM + tiny LLM: all three stages, as a station runs them."""
     torch = pytest.importorskip("torch")
-    from export.llm.export import export_llm
-    from export.llm.tiny import build_tiny
-    from export.sam.checkpoint import build_sam, parse_arch
-    from export.sam.export import export_sam
+    from lineguard.export.llm.export import export_llm
+    from lineguard.export.llm.tiny import build_tiny
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.export.sam.export import export_sam
 
     root = tmp_path_factory.mktemp("full")
     b = root / "bundle"

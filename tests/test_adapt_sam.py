@@ -17,7 +17,7 @@ ARCH = "custom:64:2:2:1"
 
 @pytest.fixture(scope="module")
 def tiny_sam(tmp_path_factory):
-    from export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
 
     ck = tmp_path_factory.mktemp("adapt") / "sam.pth"
     torch.manual_seed(0)
@@ -27,8 +27,8 @@ def tiny_sam(tmp_path_factory):
 
 def test_training_fits_the_masks_it_is_shown():
     """A few steps on one blob prompted by its box and a point: the mask loss falls far."""
-    from export.sam.checkpoint import build_sam, parse_arch
-    from train.sam import Example, SamAdaptConfig, train_sam
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.train.sam import Example, SamAdaptConfig, train_sam
 
     torch.manual_seed(0)
     sam = build_sam(parse_arch(ARCH), 128)
@@ -47,7 +47,7 @@ def test_training_fits_the_masks_it_is_shown():
 
 def test_adapt_sam_cli_exports_into_the_bundle_and_measures_on_held_out_images(served_bundle, synth, tiny_sam,
                                                                                tmp_path):
-    from runtime.bundle import Bundle
+    from lineguard.runtime.bundle import Bundle
 
     b = tmp_path / "bundle"
     shutil.copytree(served_bundle, b)
@@ -90,7 +90,7 @@ def test_bad_adapt_arguments_are_one_line(served_bundle, synth, args, needle):
 
 
 def test_map_prompt_is_positive_above_the_level_and_padded_like_sam():
-    from runtime.sam import map_prompt
+    from lineguard.runtime.stages.sam import map_prompt
 
     amap = np.zeros((40, 80), np.float32)
     amap[10:30, 20:40] = 1.0

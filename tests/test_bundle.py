@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bundle import Bundle, BundleWriter
-from runtime.errors import BundleError
-from runtime.manifest import InputSpec
+from lineguard.runtime.bundle import Bundle, BundleWriter
+from lineguard.runtime.bundle.manifest import InputSpec
+from lineguard.runtime.errors import BundleError
 
 
 @pytest.fixture
@@ -133,8 +133,8 @@ def test_input_spec_roundtrip_and_errors():
 def test_existing_returns_none_the_bundle_or_refuses_what_is_not_one(bundle_dir, tmp_path):
     import pytest as _pytest
 
-    from runtime.bundle import existing
-    from runtime.errors import BundleError
+    from lineguard.runtime.bundle import existing
+    from lineguard.runtime.errors import BundleError
 
     assert existing(tmp_path / "none-yet") is None
     assert existing(bundle_dir).root == bundle_dir

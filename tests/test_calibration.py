@@ -12,14 +12,15 @@ from helpers import lg
 pytest.importorskip("torch", reason="calibration refits the expert: needs the export extra")
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
-from calibration.dataset import load_labelled, normal_images, read_frames  # noqa: E402
-from calibration.evaluate import score_frames  # noqa: E402
-from calibration.refit import patchcore_refit  # noqa: E402
-from calibration.thresholds import folds, myriad_kfold  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
-from runtime.errors import InputError  # noqa: E402
-from runtime.expert import Expert  # noqa: E402
-from runtime.scoring import normalize  # noqa: E402
+from lineguard.calibration.dataset import load_labelled, read_frames  # noqa: E402
+from lineguard.calibration.evaluate import score_frames  # noqa: E402
+from lineguard.calibration.refit import patchcore_refit  # noqa: E402
+from lineguard.calibration.thresholds import folds, myriad_kfold  # noqa: E402
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.errors import InputError  # noqa: E402
+from lineguard.runtime.imageio import normal_images  # noqa: E402
+from lineguard.runtime.stages.expert import Expert  # noqa: E402
+from lineguard.runtime.stages.scoring import normalize  # noqa: E402
 
 
 @pytest.fixture

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from helpers import lg
 
-from benchmarks.synth import DEFECTS
-from calibration.classes import fit
-from ddqa import answers
-from ddqa.build import build
-from ddqa.corpus import build_corpus
-from ddqa.evaluate import read_questions
-from ddqa.rules import box_iou, cell_options, norm_box, rough_cell
-from runtime.classify import UNKNOWN, DefectClassifier, describe_region
-from runtime.errors import BundleError
-from runtime.findings import CELLS, grid_cell
-from runtime.grounding import check
-from runtime.prompting import DEFAULT_PROMPT, PromptBuilder
+from lineguard.calibration.classes import fit
+from lineguard.ddqa import answers
+from lineguard.ddqa.build import build
+from lineguard.ddqa.corpus import build_corpus
+from lineguard.ddqa.evaluate import read_questions
+from lineguard.ddqa.rules import box_iou, cell_options, norm_box, rough_cell
+from lineguard.runtime.errors import BundleError
+from lineguard.runtime.stages.classify import UNKNOWN, DefectClassifier, describe_region
+from lineguard.runtime.stages.findings import CELLS, grid_cell
+from lineguard.runtime.stages.grounding import check
+from lineguard.runtime.stages.prompting import DEFAULT_PROMPT, PromptBuilder
+from lineguard.synth.tiles import DEFECTS
 
 W, H = 90, 60  # cells: x 0-29 | 30-59 | 60-89, y 0-19 | 20-39 | 40-59
 
@@ -72,9 +72,9 @@ def test_answer_parsing():
 
 
 def test_runtime_answers_and_scores_on_hand_made_masks():
-    from ddqa.evaluate import invalid, runtime_answer, score
-    from ddqa.rules import best_option
-    from runtime.findings import cell_shares
+    from lineguard.ddqa.evaluate import invalid, runtime_answer, score
+    from lineguard.ddqa.rules import best_option
+    from lineguard.runtime.stages.findings import cell_shares
 
     union = _rect(45, 55, 2, 22).astype(bool)  # the bottom-left block
     truth_box = [0.0, 45 / H, 20 / W, 55 / H]  # shifted 2 px left of the prediction: IoU 18/22

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.defects import find_defects, prompts, roi_crop
+from lineguard.runtime.stages.defects import find_defects, prompts, roi_crop
 
 
 def blob_map(size: int, centres: list[tuple[int, int, float]], r: float = 3.0) -> np.ndarray:
@@ -66,10 +66,10 @@ def test_roi_crop_holds_the_boxes_and_stays_in_frame():
 @pytest.fixture(scope="module")
 def sam(tmp_path_factory: pytest.TempPathFactory):
     torch = pytest.importorskip("torch", reason="building the small SAM needs the export extra")
-    from export.sam.checkpoint import build_sam, parse_arch
-    from export.sam.export import export_sam
-    from runtime.bundle import Bundle
-    from runtime.sam import SamStage
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.export.sam.export import export_sam
+    from lineguard.runtime.bundle import Bundle
+    from lineguard.runtime.stages.sam import SamStage
 
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("sam")
@@ -120,7 +120,7 @@ def test_inspect_reports_sam_masks_for_flagged_frames(bundle_dir, synth, tmp_pat
     torch = pytest.importorskip("torch")
     from helpers import lg
 
-    from export.sam.checkpoint import build_sam, parse_arch
+    from lineguard.export.sam.checkpoint import build_sam, parse_arch
 
     b = Path(shutil.copytree(bundle_dir, tmp_path / "b"))
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import lg
 
-from demo.truth import FrameTruth, ddqa_answers
+from lineguard.demo.truth import FrameTruth, ddqa_answers
 
 
 def _truth(tmp_path: Path, x: int, defect: str = "scratch") -> FrameTruth:
@@ -54,7 +54,7 @@ def test_ddqa_answers_use_the_parts_own_cells_and_boxes(tmp_path):
 def test_pixel_f1_matches_scikit_learn(tmp_path):
     from sklearn.metrics import f1_score
 
-    from demo.report import FrameResult, summarize
+    from lineguard.demo.report import FrameResult, summarize
 
     t = _truth(tmp_path, 16)
     truth = [t, FrameTruth(1, 1, "tile", "good", t.source, True, 16)]
@@ -75,8 +75,8 @@ def test_pixel_f1_matches_scikit_learn(tmp_path):
 @pytest.mark.slow
 def test_default_build_is_cached_and_rebuilt_when_its_inputs_change(tmp_path):
     pytest.importorskip("torch")
-    from demo.build import EXPLAINER_PROMPT, DefaultConfig, build_default
-    from runtime.bundle import Bundle
+    from lineguard.demo.build import EXPLAINER_PROMPT, DefaultConfig, build_default
+    from lineguard.runtime.bundle import Bundle
 
     small = {"parts": "tile", "n": 8, "size": 96, "expert_steps": 3, "shots": 1, "lot": 8,
              "sam_arch": "custom:32:1:2:0", "sam_size": 64, "sam_steps": 2, "explainer_steps": 3}
@@ -123,7 +123,7 @@ def _terminal_sigint() -> None:
 @pytest.mark.slow
 def test_ctrl_c_stops_camera_and_server_and_still_reports(full_bundle, tmp_path):
     out = tmp_path / "report"
-    p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo", "--bundle", str(full_bundle), "--duration",
+    p = subprocess.Popen([sys.executable, "-m", "lineguard", "demo", "--bundle", str(full_bundle), "--duration",
                           "120", "--rate", "5", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, preexec_fn=_terminal_sigint)
     deadline = time.time() + 120
@@ -158,7 +158,7 @@ def test_demo_refuses_a_bad_bundle_in_one_line(tmp_path):
 def test_sigterm_stops_the_demo_like_ctrl_c(full_bundle, tmp_path):
     """`kill` (a service manager, a CI timeout) must not orphan the server: SIGTERM cleans up too."""
     out = tmp_path / "report"
-    p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo", "--bundle", str(full_bundle), "--duration",
+    p = subprocess.Popen([sys.executable, "-m", "lineguard", "demo", "--bundle", str(full_bundle), "--duration",
                           "120", "--rate", "5", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     line = ""

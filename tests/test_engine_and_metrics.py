@@ -2,9 +2,9 @@
 
 import pytest
 
-from runtime.bundle import Bundle
-from runtime.engine import Engine, EngineOptions, gpu_available, provider_list
-from runtime.errors import LineguardError
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import Engine, EngineOptions, gpu_available, provider_list
+from lineguard.runtime.errors import LineguardError
 
 
 def test_cpu_session_reports_the_provider_it_really_uses(bundle_dir):

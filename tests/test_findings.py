@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.findings import CELLS, grid_cell, hottest_region, regions
+from lineguard.runtime.stages.findings import CELLS, grid_cell, hottest_region, regions
 
 
 @pytest.mark.parametrize("r, c", [(r, c) for r in range(3) for c in range(3)])

@@ -1,7 +1,7 @@
 """The grounding check: positions, defect types and the verdict an explanation names vs the findings."""
 
-from runtime.grounding import cells_of_box, check, named_positions
-from runtime.prompting import findings_for_prompt
+from lineguard.runtime.stages.grounding import cells_of_box, check, named_positions
+from lineguard.runtime.stages.prompting import findings_for_prompt
 
 
 def _findings(box, cls=None, verdict="defect", size=(90, 90)):

@@ -14,14 +14,14 @@ from helpers import lg
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 transformers = pytest.importorskip("transformers")
 
-from export.llm.export import agreement, export_llm  # noqa: E402
-from export.llm.int4 import merge_projections  # noqa: E402
-from export.llm.tiny import build_tiny  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
-from runtime.engine import EngineOptions  # noqa: E402
-from runtime.explain import Explainer  # noqa: E402
-from runtime.llm import CausalLM, Sampling, pick  # noqa: E402
-from runtime.prompting import PromptBuilder  # noqa: E402
+from lineguard.export.llm.export import agreement, export_llm  # noqa: E402
+from lineguard.export.llm.int4 import merge_projections  # noqa: E402
+from lineguard.export.llm.tiny import build_tiny  # noqa: E402
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.bundle.engine import EngineOptions  # noqa: E402
+from lineguard.runtime.stages.explain import Explainer  # noqa: E402
+from lineguard.runtime.stages.llm import CausalLM, Sampling, pick  # noqa: E402
+from lineguard.runtime.stages.prompting import PromptBuilder  # noqa: E402
 
 FAMILIES = ["qwen2", "llama", "mistral", "phi3", "gemma"]
 CPU = EngineOptions(device="cpu", warmup=0)
@@ -322,7 +322,7 @@ def test_tied_embeddings_are_looked_up_in_the_heads_4bit_blocks(symmetric, tiny,
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from export.llm.int4 import Int4Config
+    from lineguard.export.llm.int4 import Int4Config
 
     export_llm(tiny["qwen2"], tmp_path / "b", ("int4",), Int4Config(symmetric=symmetric))
     b = Bundle.load(tmp_path / "b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.metrics import (
+from lineguard.calibration.metrics import (
     UndefinedMetric,
     aupro,
     auroc,

@@ -8,14 +8,14 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 
-from calibration.dataset import read_mask  # noqa: E402
-from calibration.dataset import test_samples as mvtec_samples  # noqa: E402  (alias: pytest would collect it)
-from export.expert import export_patchcore  # noqa: E402
-from export.patchcore.fit import PatchCoreConfig  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
-from runtime.expert import Expert  # noqa: E402
-from runtime.findings import hottest_region  # noqa: E402
-from runtime.imageio import list_images, read_image  # noqa: E402
+from lineguard.calibration.dataset import read_mask  # noqa: E402
+from lineguard.calibration.dataset import test_samples as mvtec_samples  # noqa: E402  (alias: pytest would collect it)
+from lineguard.export.expert import export_patchcore  # noqa: E402
+from lineguard.export.patchcore.fit import PatchCoreConfig  # noqa: E402
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.imageio import list_images, read_image  # noqa: E402
+from lineguard.runtime.stages.expert import Expert  # noqa: E402
+from lineguard.runtime.stages.findings import hottest_region  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_real_non_square_gray_frames_run_and_map_back(mtd, mtd_bundle):
 
 
 def test_int8_on_real_photos_tracks_fp32_and_the_gate_decides(mtd, mtd_bundle, tmp_path):
-    from calibration.variants import build_variants
+    from lineguard.calibration.variants import build_variants
 
     train = tmp_path / "normal"
     train.mkdir()

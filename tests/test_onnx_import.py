@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 
-from export.onnx_import import import_onnx_expert  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
-from runtime.errors import LineguardError  # noqa: E402
-from runtime.expert import Expert  # noqa: E402
-from runtime.imageio import read_image  # noqa: E402
+from lineguard.export.onnx_import import import_onnx_expert  # noqa: E402
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.errors import LineguardError  # noqa: E402
+from lineguard.runtime.imageio import read_image  # noqa: E402
+from lineguard.runtime.stages.expert import Expert  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -73,9 +73,10 @@ def test_unusable_models_are_refused_with_the_file_named(tmp_path):
 
 
 def test_imported_expert_calibrates_by_its_own_normal_maximum(tmp_path, synth):
-    from calibration.calibrate import calibrate
-    from calibration.dataset import normal_images, read_frames
-    from calibration.evaluate import score_frames
+    from lineguard.calibration.calibrate import calibrate
+    from lineguard.calibration.dataset import read_frames
+    from lineguard.calibration.evaluate import score_frames
+    from lineguard.runtime.imageio import normal_images
 
     _export_foreign(tmp_path / "foreign.onnx")
     out = import_onnx_expert(tmp_path / "foreign.onnx", tmp_path / "b", mean=MEAN, std=STD)

@@ -8,17 +8,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 
-from export.patchcore.backbone import load_backbone  # noqa: E402
-from export.patchcore.coreset import greedy_coreset  # noqa: E402
-from export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec  # noqa: E402
-from export.patchcore.model import PatchCore  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
-from runtime.engine import Engine  # noqa: E402
-from runtime.errors import LineguardError  # noqa: E402
-from runtime.expert import Expert  # noqa: E402
-from runtime.findings import hottest_region  # noqa: E402
-from runtime.imageio import list_images, read_image  # noqa: E402
-from runtime.preprocess import to_batch  # noqa: E402
+from lineguard.export.patchcore.backbone import load_backbone  # noqa: E402
+from lineguard.export.patchcore.coreset import greedy_coreset  # noqa: E402
+from lineguard.export.patchcore.fit import PatchCoreConfig, fit_patchcore, input_spec  # noqa: E402
+from lineguard.export.patchcore.model import PatchCore  # noqa: E402
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.bundle.engine import Engine  # noqa: E402
+from lineguard.runtime.errors import LineguardError  # noqa: E402
+from lineguard.runtime.imageio import list_images, read_image  # noqa: E402
+from lineguard.runtime.stages.expert import Expert  # noqa: E402
+from lineguard.runtime.stages.findings import hottest_region  # noqa: E402
+from lineguard.runtime.stages.preprocess import to_batch  # noqa: E402
 
 
 def _model(bundle_dir: Path, synth: Path) -> PatchCore:
@@ -135,7 +135,7 @@ def test_wrong_or_broken_weights_are_refused(tmp_path):
 
 
 def test_wide_resnet_backbone_exports_with_parity(synth, tmp_path):
-    from export.expert import export_patchcore
+    from lineguard.export.expert import export_patchcore
 
     b = Bundle.load(export_patchcore(synth, tmp_path / "w", PatchCoreConfig(backbone="wide_resnet50_2", size=64,
                                                                              coreset=0.2), progress=False))
@@ -145,7 +145,7 @@ def test_wide_resnet_backbone_exports_with_parity(synth, tmp_path):
 
 
 def test_parity_measure_catches_a_wrong_graph():
-    from export.parity import map_parity
+    from lineguard.export.parity import map_parity
 
     rng = np.random.default_rng(0)
     maps = rng.random((2, 1, 16, 16)).astype(np.float32)

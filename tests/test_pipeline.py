@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bundle import Bundle
-from runtime.imageio import list_images, read_image
-from runtime.pipeline import Pipeline, ServeConfig
-from runtime.protocol import encode_frame
-from runtime.store import ResultStore
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.station.pipeline import Pipeline, ServeConfig
+from lineguard.runtime.station.protocol import encode_frame
+from lineguard.runtime.station.store import ResultStore
 
 
 class ExplodingSam:
@@ -35,7 +35,7 @@ def test_a_stage_raising_on_a_frame_gives_it_an_error_and_the_server_goes_on(ser
 
     store = ResultStore(tmp_path / "r.db")
     p = Pipeline(Bundle.load(served_bundle), ServeConfig(explain=False, max_batch=2), publish, store)
-    p.sam = ExplodingSam()
+    p.inspector.sam = ExplodingSam()
     p.start()
     frames = [read_image(f) for f in list_images(synth / "test", recursive=True)]
     for i, img in enumerate(frames):

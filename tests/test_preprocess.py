@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import InputError
-from runtime.imageio import decode, read_image
-from runtime.manifest import InputSpec
-from runtime.preprocess import convert_color, to_batch
+from lineguard.runtime.bundle.manifest import InputSpec
+from lineguard.runtime.errors import InputError
+from lineguard.runtime.imageio import decode, read_image
+from lineguard.runtime.stages.preprocess import convert_color, to_batch
 
 BGR = InputSpec("image", 32, 48)
 

@@ -11,16 +11,16 @@ import pytest
 from helpers import lg
 from sklearn.metrics import roc_auc_score
 
-from calibration.dataset import load_labelled
-from calibration.evaluate import Scored, score_frames
-from calibration.gate import Gate
-from calibration.quantize import tail_nodes
-from calibration.variants import build_variants
-from runtime.bundle import Bundle
-from runtime.engine import tensorrt_available
-from runtime.errors import LineguardError
-from runtime.expert import Expert
-from runtime.tensorrt_native import trt_cache_from_table
+from lineguard.calibration.dataset import load_labelled
+from lineguard.calibration.evaluate import Scored, score_frames
+from lineguard.calibration.gate import Gate
+from lineguard.calibration.quantize import tail_nodes
+from lineguard.calibration.variants import build_variants
+from lineguard.runtime.bundle import Bundle
+from lineguard.runtime.bundle.engine import tensorrt_available
+from lineguard.runtime.bundle.tensorrt_native import trt_cache_from_table
+from lineguard.runtime.errors import LineguardError
+from lineguard.runtime.stages.expert import Expert
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_trt_cache_conversion_is_absmax_over_127():
 def test_native_tensorrt_engine_builds(bundle_dir, tmp_path):
     if not tensorrt_available():
         pytest.skip("no GPU with TensorRT here: the native TensorRT builder runs only on a GPU station")
-    from runtime.engine import EngineOptions, native_trt_engine
+    from lineguard.runtime.bundle.engine import EngineOptions, native_trt_engine
 
     path = Bundle.load(bundle_dir).variant_path("expert", "fp32")
     out = native_trt_engine(path, EngineOptions(trt_fp16=True, trt_cache_dir=str(tmp_path)), max_batch=4)

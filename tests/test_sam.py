@@ -11,11 +11,11 @@ from helpers import lg
 torch = pytest.importorskip("torch", reason="SAM export needs the export extra (torch, segment-anything)")
 from segment_anything import SamPredictor  # noqa: E402
 
-from export.sam.checkpoint import build_sam, load_sam, parse_arch  # noqa: E402
-from export.sam.export import export_sam, iou, parity_cases  # noqa: E402
-from runtime.bundle import Bundle  # noqa: E402
-from runtime.errors import LineguardError  # noqa: E402
-from runtime.sam import SamStage  # noqa: E402
+from lineguard.export.sam.checkpoint import build_sam, load_sam, parse_arch  # noqa: E402
+from lineguard.export.sam.export import export_sam, iou, parity_cases  # noqa: E402
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.errors import LineguardError  # noqa: E402
+from lineguard.runtime.stages.sam import SamStage  # noqa: E402
 
 TINY = "custom:64:2:2:1"  # segment-anything's own classes, encoder 64 wide and 2 blocks deep
 SIZE = 256
@@ -186,7 +186,7 @@ def test_sam_variants_are_gated_on_mask_iou(sam_bundle, tmp_path):
             assert "mean mask IoU" in stage["rejected"][prec]["reason"]
     assert "sam int8" in r.stdout
     # an impossible gate rejects both and leaves nothing of them behind
-    from calibration.sam_variants import build_sam_variants
+    from lineguard.calibration.sam_variants import build_sam_variants
 
     gates = build_sam_variants(b, min_iou=1.01)
     stage = Bundle.load(b).stage("sam")

@@ -19,8 +19,8 @@ import pytest
 import zmq
 from helpers import lg
 
-from runtime.imageio import list_images, read_image
-from runtime.protocol import encode_frame
+from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.station.protocol import encode_frame
 
 
 def free_ports(n: int) -> list[int]:
@@ -45,7 +45,7 @@ class Station:
         self.imagezmq = f"tcp://127.0.0.1:{self.ports['imagezmq']}"
         self.db = tmp / "results.db"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", str(bundle), "--ingest", self.ingest, "--publish",
+            [sys.executable, "-m", "lineguard", "serve", str(bundle), "--ingest", self.ingest, "--publish",
              self.publish, "--imagezmq", self.imagezmq, "--db", str(self.db), "--metrics-port",
              str(self.ports["metrics"]), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -196,7 +196,7 @@ def test_camera_video_to_verdicts_masks_and_explanations(full_bundle, synth, tmp
                                       "classes": "absent"}
         video = _video(synth, tmp_path / "line.avi", 12)
         saved = tmp_path / "saved"
-        subscriber = subprocess.Popen([sys.executable, "-m", "runtime.cli", "results", "--connect", st.publish,
+        subscriber = subprocess.Popen([sys.executable, "-m", "lineguard", "results", "--connect", st.publish,
                                        "--topics", "verdict", "--count", "12", "--json", "--out", str(saved)],
                                       stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)  # its subscription reaches the server before the first frame
@@ -204,7 +204,7 @@ def test_camera_video_to_verdicts_masks_and_explanations(full_bundle, synth, tmp
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
         assert report["sent"] == 12 and report["failed"] == 0
-        ids = {f"line1-{i}" for i in range(12)}
+        ids = {f"line1-{report['run']}-{i}" for i in range(12)}  # the camera's run id keeps runs apart
         got = st.collect(lambda g: {b["frame_id"] for t, b, _ in g if t == "verdict" and not b.get("update")} >= ids)
         verdicts = {b["frame_id"]: b for t, b, _ in got if t == "verdict" and not b.get("update")}
         flagged = {f for f, b in verdicts.items() if b["verdict"] == "defect"}
@@ -332,7 +332,7 @@ def test_curve_refuses_a_client_without_the_key(served_bundle, synth, tmp_path):
         folder = tmp_path / "one"
         folder.mkdir()
         cv2.imwrite(str(folder / "a.png"), _frames(synth)[0][1])
-        from runtime.curve import curve_client
+        from lineguard.runtime.station.curve import curve_client
 
         sub = st.ctx.socket(zmq.SUB)
         curve_client(sub, keys)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from helpers import lg
 
-from ddqa.dataset import walk
-from synth.defects import DEFECTS
-from synth.line import make_line, sample
-from synth.parts import PARTS
+from lineguard.ddqa.dataset import walk
+from lineguard.synth.defects import DEFECTS
+from lineguard.synth.line import make_line, sample
+from lineguard.synth.parts import PARTS
 
 
 def _digest(root) -> dict[str, str]:

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="training needs the export extra (to
 
 from helpers import lg  # noqa: E402
 
-from train.anomalies import MIN_AREA, VISIBLE, paste_anomaly  # noqa: E402
+from lineguard.train.anomalies import MIN_AREA, VISIBLE, paste_anomaly  # noqa: E402
 
 
 def test_pasted_anomalies_are_labelled_where_they_visibly_change_the_image():
@@ -37,7 +37,7 @@ def test_pasted_anomalies_are_labelled_where_they_visibly_change_the_image():
 
 @pytest.fixture(scope="module")
 def trained(synth, tmp_path_factory):
-    from train.expert import ExpertTrainConfig, train_expert
+    from lineguard.train.expert import ExpertTrainConfig, train_expert
 
     out = tmp_path_factory.mktemp("selfsup") / "expert.onnx"
     info = train_expert(synth, out, ExpertTrainConfig(size=128, crop=64, batch=4, steps=6, width=8), progress=False)
@@ -56,9 +56,9 @@ def test_trained_expert_exports_with_parity_and_a_record(trained):
 def test_trained_expert_imports_as_a_bundle_with_its_record(trained, synth, tmp_path):
     """The graph goes through `export expert --kind onnx` as any ONNX expert would; the record
     beside it gives the colour order and the parity against PyTorch measured at training."""
-    from runtime.bundle import Bundle
-    from runtime.expert import Expert
-    from runtime.imageio import read_image
+    from lineguard.runtime.bundle import Bundle
+    from lineguard.runtime.imageio import read_image
+    from lineguard.runtime.stages.expert import Expert
 
     out, _ = trained
     b = tmp_path / "b"
@@ -87,7 +87,7 @@ def test_train_cli_errors_are_one_line(tmp_path):
 def test_a_cnn_expert_without_a_product_tail_quantizes_to_int8(trained, synth, tmp_path):
     """Regression: with no MatMul tail, the tail pass asked ONNX Runtime to quantize an empty
     node list, which it reads as "every node", and it failed on the already-quantized body."""
-    from runtime.bundle import Bundle
+    from lineguard.runtime.bundle import Bundle
 
     out, _ = trained
     b = tmp_path / "b"

@@ -46,9 +46,9 @@ def test_explainer_is_a_real_checkpoint_that_learned(trained):
 
 def test_augmented_findings_keep_the_reference_grounded():
     """Other scores, a class withheld: the reference written for them still passes the runtime's check."""
-    from ddqa.corpus import reference
-    from runtime.grounding import check
-    from train.explainer import augment
+    from lineguard.ddqa.corpus import reference
+    from lineguard.runtime.stages.grounding import check
+    from lineguard.train.explainer import augment
 
     f = {"product": "tile", "verdict": "defect", "score": 1.0, "size": [100, 100],
          "regions": [{"cell": "top-left", "box_norm": ["0.1", "0.1", "0.2", "0.2"], "box": [10, 10, 20, 20],
@@ -69,8 +69,8 @@ def test_augmented_findings_keep_the_reference_grounded():
 
 
 def test_trained_explainer_exports_to_int4(trained, tmp_path):
-    from export.llm.export import export_llm
-    from runtime.bundle import Bundle
+    from lineguard.export.llm.export import export_llm
+    from lineguard.runtime.bundle import Bundle
 
     out, _ = trained
     b, report = export_llm(out, tmp_path / "bundle", ("int4",))

@@ -1,6 +1,0 @@
-"""PatchCore (Roth et al., 2022) as a lineguard anomaly expert: fit in PyTorch, export to ONNX."""
-
-from .backbone import ARCHS, Backbone, load_backbone
-from .model import PatchCore
-
-__all__ = ["ARCHS", "Backbone", "PatchCore", "load_backbone"]

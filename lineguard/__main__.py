@@ -1,0 +1,7 @@
+"""``python -m lineguard``: the same as the ``lineguard`` command."""
+
+import sys
+
+from lineguard.cli.main import main
+
+sys.exit(main())

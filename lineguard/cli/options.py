@@ -1,0 +1,68 @@
+"""Options and helpers every command group shares, defined once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from lineguard.runtime.errors import LineguardError
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def positive(kind: type) -> Callable[[str], object]:
+    """An argparse type: a number of ``kind`` that must be > 0."""
+    def parse(s: str) -> object:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{s} must be > 0")
+        return v
+    return parse
+
+
+def subcommands(sub: argparse._SubParsersAction, name: str, help: str, metavar: str) -> argparse._SubParsersAction:
+    """``lineguard NAME WHAT ...``: a command whose own sub-command (``a.what``) names what it acts on."""
+    inner = sub.add_parser(name, help=help).add_subparsers(dest="what", metavar=metavar, parser_class=Parser)
+    inner.required = True
+    return inner
+
+
+def device_args(p: argparse.ArgumentParser, default: str = "auto", choices: tuple[str, ...] = DEVICES,
+                threads_help: str = "intra-op threads (0: all cores)") -> None:
+    p.add_argument("--device", default=default, choices=choices,
+                   help="execution provider: auto tries TensorRT, then CUDA, then CPU")
+    p.add_argument("--threads", type=int, default=0, help=threads_help)
+
+
+def engine_args(p: argparse.ArgumentParser) -> None:
+    """What runs a bundle's stages: the variant, the provider and the threads."""
+    p.add_argument("--precision", default="fp32", help="bundle variant to run (fp32, int8, fp16, ...)")
+    device_args(p)
+
+
+def needs(extra: str, *modules: str) -> None:
+    """Refuse, in one line, a command whose extra is not installed (the station installs the runtime alone)."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise LineguardError(f"this command needs the {extra} extra ({e.name} is missing): "
+                                 f"pip install 'lineguard[{extra}]'") from None
+
+
+def non_negative(a: argparse.Namespace, *names: str) -> None:
+    for n in names:
+        if getattr(a, n) < 0:
+            raise LineguardError(f"--{n.replace('_', '-')} {getattr(a, n)}: must not be negative")

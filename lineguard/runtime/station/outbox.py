@@ -1,0 +1,85 @@
+"""Where a frame's results go: the store first, then artefacts, then the PUB socket, then the counters.
+
+Every result of the station leaves through here, so the order (stored before published) and
+the message bodies are written once. Each message carries the station's ``seq`` beside the
+sender's ``frame_id``: updates and explanations of a frame share its ``seq``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lineguard.runtime.inspection import Inspection, mask_png
+from lineguard.runtime.station.artifacts import Artifacts
+from lineguard.runtime.station.protocol import Frame
+from lineguard.runtime.station.stats import Stats
+from lineguard.runtime.station.store import ResultStore
+
+Publish = Callable[[str, dict[str, Any], bytes | None], None]
+
+
+def body(f: Frame) -> dict[str, Any]:
+    return {"seq": f.seq, "frame_id": f.frame_id, "camera": f.camera, "ts_sent": f.ts_sent}
+
+
+class Outbox:
+    def __init__(self, publish: Publish, stats: Stats, store: ResultStore | None = None,
+                 artifacts: Artifacts | None = None, pixel_t: float | None = None) -> None:
+        self.publish, self.stats, self.store, self.artifacts, self.pixel_t = publish, stats, store, artifacts, pixel_t
+
+    def verdict(self, f: Frame, ins: Inspection) -> None:
+        rec = ins.record
+        if self.store:
+            self.store.verdict(f.seq, f.frame_id, f.camera, rec | {"findings": {"hottest": rec["hottest"]}}, f.ts)
+        f.ts["verdict"] = time.time()
+        self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)}, None)
+        self.stats.inc("verdicts")
+        with self.stats.lock:
+            self.stats.verdicts[str(rec["verdict"])] += 1
+        self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
+
+    def masks(self, f: Frame, ins: Inspection) -> None:
+        """The second verdict message of a flagged frame: its defects and their union mask."""
+        png = mask_png(ins.defects)
+        paths = self.artifacts.save(f, ins.result, ins.defects, png, self.pixel_t) if self.artifacts else {}
+        rec = ins.record
+        if self.store:
+            self.store.update(f.seq, f.ts, findings={"hottest": rec["hottest"], "defects": rec["defects"]},
+                              mask_path=paths.get("mask"))
+        self.publish("verdict", body(f) | rec | {"update": "masks", "ts": dict(f.ts), "has_mask": png is not None},
+                     png)
+        self.stats.observe("masks", f.ts["masks"] - f.ts["received"])
+
+    def explanation(self, f: Frame, e: dict[str, Any]) -> None:
+        if self.store:
+            self.store.update(f.seq, f.ts, explanation=e)
+        self.publish("explanation", body(f) | {"explanation": e, "ts": dict(f.ts)}, None)
+        self.stats.inc("explanations")
+        self.stats.observe("explanation", f.ts["explained"] - f.ts["received"])
+
+    def error(self, seq: int, fid: str | None, cam: str | None, reason: str, code: str, ts: dict[str, float],
+              status: str = "error") -> None:
+        """A frame that got no verdict: stored as an error (or a drop), then published."""
+        if status != "dropped":
+            self.stats.inc("errors")
+        if self.store:
+            self.store.error(seq, fid, cam, reason, code, ts, status)
+        self.publish("error", {"seq": seq, "frame_id": fid, "camera": cam, "code": code, "reason": reason,
+                               "ts": dict(ts)}, None)
+
+    def late_error(self, f: Frame, reason: str, code: str = "stage_failed") -> None:
+        """A failure after the verdict was out (masks or explanation): the row keeps its verdict."""
+        self.stats.inc("errors")
+        if self.store:
+            self.store.update(f.seq, f.ts, error=reason, error_code=code)
+        self.publish("error", body(f) | {"code": code, "reason": reason, "ts": dict(f.ts)}, None)
+
+    def dropped(self, f: Frame, stage: str, reason: str) -> None:
+        """Masks or an explanation shed under load (counted): the verdict was already published."""
+        self.stats.drop(f.camera, stage)
+        if self.store:
+            self.store.update(f.seq, f.ts, error=reason, error_code=f"dropped_{stage}")
+        self.publish("error", body(f) | {"code": f"dropped_{stage}", "reason": reason, "ts": dict(f.ts),
+                                         "verdict_published": True}, None)

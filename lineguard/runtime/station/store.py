@@ -1,0 +1,108 @@
+"""The result store: one SQLite row per frame received, written before anything is published.
+
+A row's identity is the station's own: ``seq``, assigned when the frame arrives and never reused
+(a restarted station continues after the highest stored one). The sender's ``frame_id`` and
+``camera`` are fields: a camera that restarts its numbering, or two senders with the same ids,
+get a row each, never an overwrite; a repeated (camera, frame_id) is marked ``repeat`` and
+reported. Updates (masks, explanation) find their row by ``seq``.
+
+WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed (kill -9),
+which is the failure a station sees; only a power cut can lose the last commits. A verdict is
+committed before it is published, so no subscriber ever saw a result the store lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("lineguard.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    seq          INTEGER PRIMARY KEY,    -- the station's own id, in order of arrival
+    frame_id     TEXT,                   -- the sender's id (NULL where the header was unreadable)
+    camera       TEXT NOT NULL,
+    repeat       INTEGER NOT NULL DEFAULT 0,  -- 1: this (camera, frame_id) was stored before
+    status       TEXT NOT NULL,          -- verdict | error | dropped
+    verdict      TEXT,
+    score        REAL,
+    score_norm   REAL,
+    findings     TEXT,                   -- JSON
+    explanation  TEXT,                   -- JSON (text, consistent, reason, timings)
+    mask_path    TEXT,
+    error        TEXT,
+    error_code   TEXT,
+    ts           TEXT NOT NULL           -- JSON: stage timestamps
+);
+CREATE INDEX IF NOT EXISTS results_sender ON results(camera, frame_id);
+CREATE INDEX IF NOT EXISTS results_status ON results(status);
+"""
+
+
+class ResultStore:
+    """Thread-safe (one connection behind a lock: the writes are small and few per frame)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        cols = [r[1] for r in self._db.execute("PRAGMA table_info(results)")]
+        if cols and "seq" not in cols:  # a store from before station ids: kept aside, not rewritten
+            self._db.execute("ALTER TABLE results RENAME TO results_v0")
+            self._db.execute("DROP INDEX IF EXISTS results_status")
+            log.warning("%s: the old results table (keyed by camera and frame id) is kept as results_v0", self.path)
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self.repeats = 0
+
+    def last_seq(self) -> int:
+        """The highest station id stored (0 for a new store): a restarted station continues after it."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM results").fetchone()[0])
+
+    def _insert(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            if row.get("frame_id") is not None and self._db.execute(
+                    "SELECT 1 FROM results WHERE camera=? AND frame_id=? LIMIT 1",
+                    (row["camera"], row["frame_id"])).fetchone():
+                row["repeat"] = 1
+                self.repeats += 1
+                log.warning("camera %s sent frame id %s again: stored as its own row (seq %d)",
+                            row["camera"], row["frame_id"], row["seq"])
+            self._db.execute(f"INSERT INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                             tuple(row.values()))
+
+    def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float]) -> None:
+        self._insert({"seq": seq, "frame_id": frame_id, "camera": camera, "status": "verdict",
+                      "verdict": result.get("verdict"), "score": result.get("score"),
+                      "score_norm": result.get("score_norm"), "findings": json.dumps(result.get("findings")),
+                      "ts": json.dumps(ts)})
+
+    def update(self, seq: int, ts: dict[str, float], **fields: Any) -> None:
+        """Add masks/findings/explanation to a frame's row (it exists: the verdict came first)."""
+        row = {k: (json.dumps(v) if k in ("findings", "explanation") else v) for k, v in fields.items()}
+        sets = ", ".join(f"{k}=?" for k in row) + (", " if row else "") + "ts=?"
+        with self._lock:
+            self._db.execute(f"UPDATE results SET {sets} WHERE seq=?", (*row.values(), json.dumps(ts), seq))
+
+    def error(self, seq: int, frame_id: str | None, camera: str | None, reason: str, code: str,
+              ts: dict[str, float], status: str = "error") -> None:
+        self._insert({"seq": seq, "frame_id": frame_id, "camera": camera or "unknown", "status": status,
+                      "error": reason, "error_code": code, "ts": json.dumps(ts)})
+
+    def rows(self, where: str = "1=1", args: tuple = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(f"SELECT * FROM results WHERE {where} ORDER BY seq", args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
