@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,11 @@ from pathlib import Path
 import zmq
 
 from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.ports import free_ports
 from lineguard.runtime.station.protocol import encode_frame
 
 CONFIGS = [("1 thread, no spin", ["--threads", "1"]), ("2 threads, no spin", ["--threads", "2"]),
            ("2 threads, spinning", ["--threads", "2", "--spinning"])]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build(work: Path) -> tuple[Path, Path]:
@@ -63,7 +57,7 @@ def build(work: Path) -> tuple[Path, Path]:
 
 
 def run(bundle: Path, frames: list, extra: list[str]) -> dict:
-    ports = [_port(), _port()]
+    ports = free_ports(2)
     ing, pub = (f"tcp://127.0.0.1:{p}" for p in ports)
     proc = subprocess.Popen([sys.executable, "-m", "lineguard", "serve", str(bundle), "--ingest", ing, "--publish",
                              pub, "--queue", "1000", "--hwm", "1000", *extra], stdout=subprocess.PIPE, text=True)

@@ -175,15 +175,14 @@ def test_sam_variants_are_gated_on_mask_iou(sam_bundle, tmp_path):
     r = lg("quantize", b, "--stage", "sam")
     assert r.returncode == 0, r.stderr
     stage = Bundle.load(b).stage("sam")
+    # no either/or: with 7-bit int8 weights the gate's result does not depend on the CPU's int8 kernel
+    assert set(stage["variants"]) == {"fp32", "int8", "fp16"}, stage.get("rejected")
     for prec in ("int8", "fp16"):
-        if prec in stage["variants"]:
-            g = stage["variants"][prec]["parity"]
-            assert g["passed"] and g["mean_iou_vs_fp32"] >= 0.97
-            s = SamStage(Bundle.load(b), prec)  # the variant really runs
-            frame, prompts = parity_cases(SIZE, SIZE, seed=0)
-            assert s.segment(s.encode(frame), box=prompts[1]["box"]).mask.any()
-        else:
-            assert "mean mask IoU" in stage["rejected"][prec]["reason"]
+        g = stage["variants"][prec]["parity"]
+        assert g["passed"] and g["mean_iou_vs_fp32"] >= 0.97 and g["min_iou_vs_fp32"] >= 0.97
+        s = SamStage(Bundle.load(b), prec)  # the variant really runs
+        frame, prompts = parity_cases(SIZE, SIZE, seed=0)
+        assert s.segment(s.encode(frame), box=prompts[1]["box"]).mask.any()
     assert "sam int8" in r.stdout
     # an impossible gate rejects both and leaves nothing of them behind
     from lineguard.calibration.sam_variants import build_sam_variants
@@ -192,5 +191,6 @@ def test_sam_variants_are_gated_on_mask_iou(sam_bundle, tmp_path):
     stage = Bundle.load(b).stage("sam")
     assert not any(g["passed"] for g in gates.values())
     assert set(stage["variants"]) == {"fp32"} and set(stage["rejected"]) == {"int8", "fp16"}
+    assert all(r["reason"].startswith("min mask IoU") for r in stage["rejected"].values())
     assert not [f for f in Bundle.load(b).manifest["files"] if ".int8." in f or ".fp16." in f]
     assert not list((b / "sam").glob("*.int8.onnx")) and not list((b / "sam").glob("*.fp16.onnx"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,19 +19,8 @@ import zmq
 from helpers import lg
 
 from lineguard.runtime.imageio import list_images, read_image
+from lineguard.runtime.ports import free_ports
 from lineguard.runtime.station.protocol import encode_frame
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: all held open while choosing, so none is handed out twice."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Station:
@@ -360,3 +348,92 @@ def test_serve_refuses_a_sam_variant_the_bundle_lacks_in_one_line(full_bundle):
     r = lg("serve", full_bundle, "--sam-precision", "int3")
     assert r.returncode == 1 and r.stderr.count("\n") == 1
     assert "--sam-precision int3: the bundle's SAM has fp32" in r.stderr
+
+
+def test_restarted_cameras_and_servers_keep_every_row(served_bundle, synth, tmp_path):
+    """A camera that restarts its numbering, a server restarted on the same store (imagezmq ids come
+    from the server) and a sender that repeats an id: every frame gets its own row, none overwritten."""
+    imagezmq = pytest.importorskip("imagezmq")
+    folder = tmp_path / "five"
+    folder.mkdir()
+    for p in list_images(synth / "test", recursive=True)[:5]:
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
+    img = read_image(next(folder.iterdir()))
+    seqs: list[int] = []
+    for run in range(2):  # the same store, a new server process each time
+        st = Station(served_bundle, tmp_path)
+        try:
+            for _ in range(2):  # the same camera twice, over the same 5 images
+                r = lg("camera", "--source", folder, "--connect", st.ingest, "--name", "camA")
+                assert r.returncode == 0 and json.loads(r.stdout)["sent"] == 5, r.stderr
+            sender = imagezmq.ImageSender(connect_to=st.imagezmq)
+            assert sender.send_image("izq", img) == b"OK"
+            sender.close()
+            st.send(encode_frame("same-id", "camB", image=img))  # a sender repeating its own id
+            got = st.collect(lambda g: sum(t == "verdict" and not b.get("update") for t, b, _ in g) >= 12)
+            seqs += [b["seq"] for t, b, _ in got if t == "verdict" and not b.get("update")]
+            assert [b.get("repeat") for t, b, _ in got if t == "verdict" and b["frame_id"] == "same-id"
+                    and not b.get("update")] == [True if run else None]  # the repeat is said, not only stored
+        finally:
+            code, _ = st.stop()
+        assert code == 0
+    rows = sqlite3.connect(st.db).execute("SELECT seq, camera, frame_id, repeat, status FROM results").fetchall()
+    assert len(rows) == 24 and all(r[4] == "verdict" for r in rows)
+    assert sorted(seqs) == sorted(r[0] for r in rows) and len(set(seqs)) == 24  # the station's ids never repeat
+    cam_a = [r for r in rows if r[1] == "camA"]
+    assert len(cam_a) == 20 and len({r[2] for r in cam_a}) == 20 and not any(r[3] for r in cam_a)  # run ids
+    izq = [r for r in rows if r[1] == "izq"]
+    assert len(izq) == 2 and izq[0][2] != izq[1][2]  # imagezmq ids carry the server's run
+    same = sorted((r[0], r[3]) for r in rows if r[2] == "same-id")
+    assert [rep for _, rep in same] == [0, 1]  # stored twice, the second marked as a repeat
+
+
+def _same(a, b, path="record"):
+    """Equal records: numbers to float32 rounding (a batch of 8 and a batch of 1 may sum in another
+    order), everything else exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))} differ"
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), f"{path}: {len(a)} vs {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), f"{path}: {a} vs {b}"
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def test_the_served_record_is_the_inspected_record(full_bundle, synth, tmp_path):
+    """serve and `inspect --json` run one frame path: same score, verdict, map, regions, defects, classes."""
+    b = tmp_path / "b"
+    shutil.copytree(full_bundle, b)
+    r = lg("calibrate", b, "--dataset", synth, "--classes-only")
+    assert r.returncode == 0, r.stderr
+    r = lg("inspect", b, synth / "test", "--json")
+    assert r.returncode == 0, r.stderr
+    inspected = {Path(x["path"]).parent.name + "_" + Path(x["path"]).stem: x for x in json.loads(r.stdout)}
+    assert any(x.get("defects") for x in inspected.values()) and any(
+        d.get("class") for x in inspected.values() for d in x.get("defects", []))
+    st = Station(b, tmp_path, "--no-explain")
+    try:
+        frames = _frames(synth)
+        for name, img in frames:
+            st.send(encode_frame(name, "camA", image=img))
+        flagged = {n for n, x in inspected.items() if x["verdict"] == "defect"}
+
+        def done(g):
+            have = {bd["frame_id"] for t, bd, _ in g if t == "verdict" and not bd.get("update")}
+            masks = {bd["frame_id"] for t, bd, _ in g if bd.get("update") == "masks"}
+            return have >= set(inspected) and masks >= flagged
+        got = st.collect(done)
+    finally:
+        st.stop()
+    served = {bd["frame_id"]: bd for t, bd, _ in got if t == "verdict" and not bd.get("update")}
+    served |= {bd["frame_id"]: bd for t, bd, _ in got if bd.get("update") == "masks"}  # the full record
+    assert set(served) == set(inspected)
+    for name, ins in inspected.items():
+        rec = {k: v for k, v in served[name].items() if k not in ("seq", "frame_id", "camera", "ts_sent", "ts",
+                                                                    "update", "has_mask")}
+        _same(rec, {k: v for k, v in ins.items() if k != "path"}, name)

@@ -2,6 +2,9 @@
 
 INT8 quantizes the encoder's MatMuls dynamically (int8 weights per channel, activations with
 a per-frame range): SAM's attention activations have outliers that a static range clips.
+Weights use 7 bits (``reduce_range``): x86 CPUs without VNNI multiply uint8 by int8 in 16-bit pairs
+that saturate with 8-bit weights, so the same variant gave other masks there (and a different
+gate result) than on a VNNI CPU; with 7 bits no kernel saturates and every CPU agrees.
 The decoders are small and stay fp32. The gate compares masks of the candidate with fp32's on
 generated frames and the prompts the parity check uses: every mask's IoU ≥ ``min_iou``.
 """
@@ -69,8 +72,10 @@ def build_sam_variants(bundle_path: str | Path, precisions: tuple[str, ...] = ("
                 made.append(graphs["encoder"])
                 with quiet_root_logger():
                     quantize_dynamic(str(bundle.root / fp32["encoder"]), str(w.path(graphs["encoder"])),
-                                     weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
-                prov = {"encoder": "dynamic int8 MatMuls, per-channel weights", "decoders": "fp32"}
+                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                                     op_types_to_quantize=["MatMul"])
+                prov = {"encoder": "dynamic int8 MatMuls, per-channel 7-bit weights (reduce_range: no u8s8 "
+                                   "saturation on CPUs without VNNI)", "decoders": "fp32"}
             else:
                 for k, src in fp32.items():
                     graphs[k] = src.replace(".fp32.", ".fp16.")

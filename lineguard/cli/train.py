@@ -11,7 +11,8 @@ from lineguard.cli.options import needs, non_negative, positive, subcommands
 def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, batch_help: str | None = None) -> None:
     """The options every trainer's loop takes (``train.loop.Steps``)."""
     p.add_argument("--steps", type=positive(int), default=steps)
-    p.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: run every step)")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="fail if training takes longer than this (0: no limit); it never stops early with a weaker model")
     p.add_argument("--batch", type=positive(int), default=batch, help=batch_help)
     p.add_argument("--seed", type=int, default=0)
 

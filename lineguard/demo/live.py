@@ -69,7 +69,7 @@ class Camera:
 
 
 def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float | None, quiet: bool = False,
-             explain_wait: float = 60.0) -> dict[str, Any]:
+             explain_wait: float = 60.0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     truth = read_truth(video.with_name("line.csv"))
     n_video = len(truth)
     frames = max(1, int(round(rate * duration))) if duration else n_video
@@ -151,7 +151,7 @@ def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float 
     info = json.loads((video.with_name("synth.json")).read_text())
     size = int(info["size"])
     hw = (int(info["video"]["height"]), int(info["video"]["width"]))
-    summary = summarize(list(results.values()), truth, sent, stats, wall, interrupted, hw, size)
+    summary = summarize(list(results.values()), truth, sent, stats, wall, interrupted, hw, size) | (extra or {})
     summary["bundle"] = str(bundle)
     write_report(out, summary, list(results.values()), truth, Bundle.load(bundle).thresholds.get("image"))
     return summary

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lineguard.demo.build import build_default
+from lineguard.demo.build import build_default, describe_trained
 from lineguard.demo.live import run_live
 from lineguard.demo.report import describe
 from lineguard.runtime.bundle import Bundle
@@ -43,7 +43,12 @@ def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, dura
     video = line_video(path, out, seed)
     # SIGTERM (kill, a service manager) stops the demo as Ctrl-C does: camera, then server, report
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = run_live(path, video, out, rate, duration, quiet)
-    print(json.dumps(summary, indent=2) if as_json else "\n" + describe(summary))
+    record = path.parent / "build.json"
+    # how the default models came out (steps, held-out grounding): the same on every machine
+    extra = {"default_bundle": json.loads(record.read_text()).get("trained")} if not bundle and record.is_file() else {}
+    summary = run_live(path, video, out, rate, duration, quiet, extra=extra)
+    text = describe(summary) + (f"\n{describe_trained(summary['default_bundle'])}"
+                                if summary.get("default_bundle") else "")
+    print(json.dumps(summary, indent=2) if as_json else "\n" + text)
     print(f"report: {out}/ (summary.json, summary.png, results.jsonl, overlays/)", file=sys.stderr)
     return 130 if summary["interrupted"] else 0

@@ -41,7 +41,7 @@ class ExpertTrainConfig:
     crop: int = 128  # training crops: the network is fully convolutional
     batch: int = 16
     steps: int = 700
-    minutes: float = 0.0  # > 0: stop when this much time has passed, whatever ``steps`` says
+    minutes: float = 0.0  # > 0: fail if the steps take longer (a limit, never a shorter run)
     width: int = 24
     norm: str = "batch"  # or "group" for an expert of several products (see SegNet)
     lr: float = 2e-3

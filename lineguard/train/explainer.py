@@ -43,7 +43,7 @@ class ExplainerTrainConfig:
     intermediate: int = 384
     vocab: int = 1024
     steps: int = 2000  # copying from the findings is learned after ~1000 (BENCHMARKS.md)
-    minutes: float = 0.0  # > 0: stop when this much time has passed, whatever ``steps`` says
+    minutes: float = 0.0  # > 0: fail if the steps take longer (a limit, never a shorter run)
     batch: int = 16
     lr: float = 3e-3
     variants: int = 8  # augmented findings per corpus pair

@@ -1,5 +1,9 @@
 """The loop the trainers share: AdamW with a one-cycle schedule over ``steps``, an optional
-time cap, a progress bar with the running loss, and the loss record."""
+time limit, a progress bar with the running loss, and the loss record.
+
+A model is trained for exactly its ``steps``: what is built never depends on how fast or how busy
+the machine is. The time limit does not cut training short (a model cut short is a worse model
+that looks like the configured one); reaching it fails the run with the steps done."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from lineguard.runtime.errors import LineguardError
 
 
 class Steps:
@@ -33,8 +39,9 @@ class Steps:
             yield i
             if self.losses:
                 bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}")
-            if self.minutes and time.perf_counter() - self.t0 > self.minutes * 60:
-                break
+            if self.minutes and time.perf_counter() - self.t0 > self.minutes * 60 and i + 1 < self.steps:
+                raise LineguardError(f"{self.desc}: the {self.minutes:g}-minute limit was reached after {i + 1} of "
+                                     f"{self.steps} steps; nothing was written (fewer --steps, or a higher --minutes)")
 
     def step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad()
@@ -46,6 +53,6 @@ class Steps:
         self.losses.append(loss.item())
 
     def record(self) -> dict[str, Any]:
-        return {"steps": len(self.losses), "seconds": round(time.perf_counter() - self.t0, 1),
+        return {"steps": len(self.losses), "steps_asked": self.steps, "seconds": round(time.perf_counter() - self.t0, 1),
                 "first_loss": round(float(np.mean(self.losses[:5])), 4),
                 "final_loss": round(float(np.mean(self.losses[-20:])), 4)}

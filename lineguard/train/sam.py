@@ -41,7 +41,7 @@ POINT, CORNER0, CORNER1 = 1.0, 2.0, 3.0  # SAM's prompt labels
 @dataclass
 class SamAdaptConfig:
     steps: int = 300
-    minutes: float = 0.0  # > 0: stop when this much time has passed, whatever ``steps`` says
+    minutes: float = 0.0  # > 0: fail if the steps take longer (a limit, never a shorter run)
     batch: int = 4  # images per step (each with all of its prompts)
     lr: float = 1e-4
     bce: float = 1.0  # λ_bce

@@ -7,7 +7,7 @@ a line engineer edits thresholds in this file by hand.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lineguard.runtime.errors import BundleError
@@ -78,22 +78,6 @@ class InputSpec:
         if spec.normalize == "runtime" and len(spec.mean) != len(spec.std):
             raise BundleError(f"manifest.json: {where}.mean and .std differ in length")
         return spec
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: list[int | str]  # a str is a symbolic (dynamic) dimension, e.g. "N"
-
-
-@dataclass
-class Variant:
-    """One precision of one stage: a file plus what was measured about it."""
-
-    file: str
-    parity: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def _require(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,9 @@ import zmq
 
 from lineguard.runtime.clients.loadgen import Collector, Sample, image_pools, send_open_loop
 from lineguard.runtime.errors import LineguardError
+from lineguard.runtime.ports import free_ports
 
 PCTS = (50, 90, 95, 99)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _proc_stats(pid: int) -> tuple[float, float]:
@@ -74,7 +68,7 @@ class Served:
 
     def __init__(self, bundle: str, serve_args: list[str], stderr: Any = subprocess.PIPE,
                  new_session: bool = False) -> None:
-        p = {k: _port() for k in ("ingest", "publish", "metrics")}
+        p = dict(zip(("ingest", "publish", "metrics"), free_ports(3)))
         self.ingest, self.publish = f"tcp://127.0.0.1:{p['ingest']}", f"tcp://127.0.0.1:{p['publish']}"
         self.metrics = p["metrics"]
         self.proc = subprocess.Popen(

@@ -63,12 +63,12 @@ class Explainer:
             nonlocal shown
             made.append(tok)
             text = self.tokenizer.decode(made)
-            if on_text and not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 on_text(text[len(shown):])
                 shown = text
 
         t0 = time.perf_counter()
-        gen = self.lm.generate(ids, s, stream)
+        gen = self.lm.generate(ids, s, stream if on_text else None)  # nobody streams: decode once, at the end
         text = self.tokenizer.decode(gen.ids).strip()
         return {"text": text, **check(text, findings, self.classes), "precision": self.precision,
                 "prompt_tokens": gen.prompt_tokens, "new_tokens": len(gen.ids), "stop": gen.stop,

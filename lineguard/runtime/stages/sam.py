@@ -87,8 +87,11 @@ class SamStage:
                               f"{self.mask_prompt!r} is not known to this runtime (known: expert_map)")
         self.encoder = Engine(bundle.root / files["encoder"], opts)
         self.decoder = Engine(bundle.root / files["decoder"], replace(opts, warmup=0))
-        sparse = files.get("sparse_decoder")
-        self.sparse_decoder = Engine(bundle.root / sparse, replace(opts, warmup=0)) if sparse else None
+        # the sparse-embedding decoder (a projected [SEG] token, EIAD's way in) is loaded on first use:
+        # the station's prompts are boxes and points
+        self._sparse = (bundle.root / files["sparse_decoder"], replace(opts, warmup=0)) \
+            if files.get("sparse_decoder") else None
+        self._sparse_decoder: Engine | None = None
 
     def encode(self, frame: np.ndarray) -> SamEmbedding:
         """Embed a frame (any size; gray, BGR or BGRA)."""
@@ -147,13 +150,15 @@ class SamStage:
 
     def segment_sparse(self, e: SamEmbedding, sparse: np.ndarray, multimask: bool = False) -> SamMask:
         """A mask from sparse prompt embeddings ``[K, 256]`` (e.g. a projected [SEG] token)."""
-        if self.sparse_decoder is None:
+        if self._sparse is None:
             raise BundleError("this bundle's SAM has no sparse-embedding decoder")
+        if self._sparse_decoder is None:
+            self._sparse_decoder = Engine(*self._sparse)
         feeds = {
             "image_embeddings": e.embeddings,
             "sparse_embeddings": np.asarray(sparse, np.float32).reshape(1, -1, e.embeddings.shape[1]),
             "mask_input": np.zeros((1, 1, self.mask_size, self.mask_size), np.float32),
             "has_mask_input": np.zeros(1, np.float32),
         }
-        r = self.sparse_decoder.run(feeds)
+        r = self._sparse_decoder.run(feeds)
         return self._pick(e, r["low_res_masks"][0], r["iou_predictions"][0], multimask)

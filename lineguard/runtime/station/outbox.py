@@ -31,10 +31,12 @@ class Outbox:
 
     def verdict(self, f: Frame, ins: Inspection) -> None:
         rec = ins.record
-        if self.store:
-            self.store.verdict(f.seq, f.frame_id, f.camera, rec | {"findings": {"hottest": rec["hottest"]}}, f.ts)
+        repeat = bool(self.store) and self.store.verdict(f.seq, f.frame_id, f.camera,
+                                                         rec | {"findings": {"hottest": rec["hottest"]}}, f.ts)
+        if repeat:  # the sender used this id before: both frames are kept, and it is said
+            self.stats.inc("repeated_ids")
         f.ts["verdict"] = time.time()
-        self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)}, None)
+        self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)} | ({"repeat": True} if repeat else {}), None)
         self.stats.inc("verdicts")
         with self.stats.lock:
             self.stats.verdicts[str(rec["verdict"])] += 1

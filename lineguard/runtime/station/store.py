@@ -67,7 +67,8 @@ class ResultStore:
         with self._lock:
             return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM results").fetchone()[0])
 
-    def _insert(self, row: dict[str, Any]) -> None:
+    def _insert(self, row: dict[str, Any]) -> bool:
+        """Insert a frame's row; True if its sender's (camera, frame_id) was stored before."""
         with self._lock:
             if row.get("frame_id") is not None and self._db.execute(
                     "SELECT 1 FROM results WHERE camera=? AND frame_id=? LIMIT 1",
@@ -78,9 +79,10 @@ class ResultStore:
                             row["camera"], row["frame_id"], row["seq"])
             self._db.execute(f"INSERT INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                              tuple(row.values()))
+        return bool(row.get("repeat"))
 
-    def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float]) -> None:
-        self._insert({"seq": seq, "frame_id": frame_id, "camera": camera, "status": "verdict",
+    def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float]) -> bool:
+        return self._insert({"seq": seq, "frame_id": frame_id, "camera": camera, "status": "verdict",
                       "verdict": result.get("verdict"), "score": result.get("score"),
                       "score_norm": result.get("score_norm"), "findings": json.dumps(result.get("findings")),
                       "ts": json.dumps(ts)})
@@ -93,8 +95,8 @@ class ResultStore:
             self._db.execute(f"UPDATE results SET {sets} WHERE seq=?", (*row.values(), json.dumps(ts), seq))
 
     def error(self, seq: int, frame_id: str | None, camera: str | None, reason: str, code: str,
-              ts: dict[str, float], status: str = "error") -> None:
-        self._insert({"seq": seq, "frame_id": frame_id, "camera": camera or "unknown", "status": status,
+              ts: dict[str, float], status: str = "error") -> bool:
+        return self._insert({"seq": seq, "frame_id": frame_id, "camera": camera or "unknown", "status": status,
                       "error": reason, "error_code": code, "ts": json.dumps(ts)})
 
     def rows(self, where: str = "1=1", args: tuple = ()) -> list[dict[str, Any]]:
