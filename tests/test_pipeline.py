@@ -97,3 +97,26 @@ def test_sam_and_llm_run_at_lower_priority_with_their_onnx_runtime_workers(full_
         assert any(n == base for tid, n in new.items() if tid not in {t.native_id for t in p.threads})
     finally:
         p.stop(10)
+
+
+def test_an_expert_worker_outlives_a_failure_to_report(served_bundle, synth):
+    """Publishing one frame's verdict and even its error fails (a closed socket, a full disk): that
+    frame is logged, and the only expert worker goes on with every later frame."""
+    got: list[tuple[str, dict]] = []
+    lock = threading.Lock()
+
+    def publish(topic, body, png):
+        if body.get("frame_id") == "p0":
+            raise OSError("injected publish failure")
+        with lock:
+            got.append((topic, body))
+
+    p = Pipeline(Bundle.load(served_bundle), ServeConfig(explain=False, masks=False, max_batch=1,
+                                                         expert_workers=1), publish)
+    p.start()
+    frames = [read_image(f) for f in list_images(synth / "test", recursive=True)]
+    for i, img in enumerate(frames):
+        assert p.offer(encode_frame(f"p{i}", "camP", image=img)) is None
+    assert p.stop(60)  # every thread was alive to take the sentinel, and drained the queues
+    verdicts = {b["frame_id"] for t, b in got if t == "verdict" and not b.get("update")}
+    assert verdicts == {f"p{i}" for i in range(1, len(frames))}

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from lineguard.calibration.dataset import Sample, read_mask
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.imageio import read_image
+from lineguard.runtime.inspection import union_mask
 from lineguard.runtime.stages.defects import find_defects
 from lineguard.runtime.stages.expert import Expert
 from lineguard.runtime.stages.sam import SamStage
@@ -47,7 +48,7 @@ def compare_masks(bundle: Bundle, samples: Sequence[Sample], arms: Sequence[str]
             t0 = time.perf_counter()
             found = find_defects(frame, amap, bundle.thresholds, sam if use_sam else None, 3, mode)
             seconds[a] += time.perf_counter() - t0
-            pred = np.any([d.mask for d in found], axis=0) if found else np.zeros_like(gt)
+            pred = union_mask(found, gt.shape)
             c = np.array([(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum()], np.int64)
             counts[a] += c
             per_image[a].append(overlap_scores(*map(int, c))["iou"])

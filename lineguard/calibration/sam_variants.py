@@ -51,7 +51,9 @@ def _masks(stage: SamStage, cases: list) -> list[np.ndarray]:
 
 
 def build_sam_variants(bundle_path: str | Path, precisions: tuple[str, ...] = ("int8", "fp16"),
-                       min_iou: float = MIN_IOU) -> dict[str, Any]:
+                       min_iou: float = MIN_IOU, reduce_range: bool = True) -> dict[str, Any]:
+    """Write each variant that passes the gate into the bundle; ``reduce_range=False`` (8-bit weights)
+    only to measure what it costs on CPUs without VNNI (benchmarks/sam_int8_gate.py)."""
     for p in precisions:
         if p not in ("int8", "fp16"):
             raise InputError(f"--precision {p}: SAM variants are int8 and fp16")
@@ -72,10 +74,11 @@ def build_sam_variants(bundle_path: str | Path, precisions: tuple[str, ...] = ("
                 made.append(graphs["encoder"])
                 with quiet_root_logger():
                     quantize_dynamic(str(bundle.root / fp32["encoder"]), str(w.path(graphs["encoder"])),
-                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
                                      op_types_to_quantize=["MatMul"])
-                prov = {"encoder": "dynamic int8 MatMuls, per-channel 7-bit weights (reduce_range: no u8s8 "
-                                   "saturation on CPUs without VNNI)", "decoders": "fp32"}
+                prov = {"encoder": f"dynamic int8 MatMuls, per-channel {7 if reduce_range else 8}-bit weights"
+                                   + (" (reduce_range: no u8s8 saturation on CPUs without VNNI)" if reduce_range else ""),
+                        "decoders": "fp32"}
             else:
                 for k, src in fp32.items():
                     graphs[k] = src.replace(".fp32.", ".fp16.")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from lineguard.cli.options import device_args, needs, positive
+from lineguard.cli.options import device_args, needs, positive, write_report
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import LineguardError
 
@@ -114,8 +112,5 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.json:
         from lineguard.calibration.report import plot_variants
 
-        out = Path(a.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        plot_variants(results, out.with_suffix(".png"))
+        write_report(a.json, results, plot_variants)
     return 0

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from lineguard.cli.options import device_args, subcommands
+from lineguard.cli.options import engine_args, subcommands, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--ddqa", required=True, help="JSONL from `lineguard ddqa build`")
     e.add_argument("--json", help="write the report here (and a bar chart next to it, .png)")
     e.add_argument("--root", help="dataset root, if it moved since the questions were built")
-    e.add_argument("--precision", default="fp32")
+    engine_args(e)
     e.add_argument("--no-llm", action="store_true", help="score the runtime only, not the LLM's answers")
     e.add_argument("--limit", type=int, help="the first N images only")
     e.add_argument("--sam-mode", choices=["frame", "roi"], default="roi")
@@ -35,7 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--product")
     c.add_argument("--bundle", help="render prompts with this bundle's LLM prompt (default: lineguard's)")
-    device_args(e)
     for p in ds.choices.values():
         p.set_defaults(run=run)
 
@@ -72,10 +70,7 @@ def run(a: argparse.Namespace) -> int:
     if a.json:
         from lineguard.ddqa.plot import plot
 
-        out = Path(a.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rep, indent=2) + "\n")
-        plot(rep, out.with_suffix(".png"))
+        write_report(a.json, rep, plot)
     return 0
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from lineguard.runtime.errors import LineguardError
 
@@ -60,6 +63,14 @@ def needs(extra: str, *modules: str) -> None:
         except ImportError as e:
             raise LineguardError(f"this command needs the {extra} extra ({e.name} is missing): "
                                  f"pip install 'lineguard[{extra}]'") from None
+
+
+def write_report(path: str | Path, report: dict[str, Any], plot: Callable[[dict[str, Any], Path], None]) -> None:
+    """A command's ``--json`` report, and its plot beside it (same name, ``.png``)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out.with_suffix(".png"))
 
 
 def non_negative(a: argparse.Namespace, *names: str) -> None:

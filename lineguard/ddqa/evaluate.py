@@ -215,7 +215,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
                     ious[s].append(iou)
             rows.append({"id": q.get("id"), "task": q["task"], "answer": q["answer"], "predicted": preds})
         if rt.explainer and res["verdict"] == "defect":
-            e = rt.inspector.explain(res)
+            e = rt.explainer.explain(res)
             grounded.append(bool(e["consistent"]))
             explanations.append({"image": rel, "text": e["text"], "consistent": e["consistent"], "reason": e["reason"]})
     table = {s: {t: (round(100 * float(np.mean(hits[s][t])), 1) if hits[s][t] else None) for t in TASKS} |

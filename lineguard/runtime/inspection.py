@@ -79,8 +79,9 @@ class Inspection:
 class Inspector:
     """A bundle's stages, loaded once, and the steps one frame takes through them.
 
-    ``load`` builds every stage the bundle has; the station builds its own (several expert
-    sessions, background priorities, degraded health) and hands them in.
+    ``load`` builds the bundle's expert, SAM (unless ``masks=False``), classifier and, with
+    ``explain=True``, its LLM; the station builds its own (several expert sessions, background
+    priorities, degraded health) and hands them in.
     """
 
     def __init__(self, bundle: Bundle, expert: Expert, sam: Any = None, classifier: DefectClassifier | None = None,
@@ -119,7 +120,7 @@ class Inspector:
         for frame, r in zip(frames, self.score(frames)):
             ins = Inspection(self.record(frame, r), r)
             if r.verdict == "defect" or look:
-                ins.defects = self.defects(frame, r, flagged=r.verdict == "defect" or look)
+                ins.defects = self.defects(frame, r, flagged=True)  # the hottest region even below the pixel level
                 ins.record["defects"] = [d.to_dict() for d in ins.defects]
             if explain and self.explainer is not None and r.verdict == "defect":
                 ins.record["explanation"] = self.explain(ins.record)

@@ -26,3 +26,9 @@ def heat_overlay(frame: np.ndarray, amap: np.ndarray, vmin: float | None = None,
     for x0, y0, x1, y1 in boxes or []:
         cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (255, 255, 255), max(1, min(h, w) // 200))
     return out
+
+
+def map_range(pixel_t: float | None) -> tuple[float | None, float | None]:
+    """The colour scale of a map overlay: 0 to twice the pixel threshold (the threshold mid-scale),
+    or the map's own range where the bundle has none."""
+    return (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)

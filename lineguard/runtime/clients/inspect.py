@@ -16,7 +16,7 @@ from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import LineguardError
 from lineguard.runtime.imageio import list_images, read_image
 from lineguard.runtime.inspection import Inspection, Inspector, mask_png
-from lineguard.runtime.overlay import heat_overlay
+from lineguard.runtime.overlay import heat_overlay, map_range
 
 log = logging.getLogger("lineguard.inspect")
 
@@ -73,7 +73,7 @@ def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Pa
 def _overlay(out: Path, p: Path, frame: np.ndarray, ins: Inspection, pixel_t: float | None,
              used: set[Path]) -> dict[str, str]:
     """Overlay PNG (and the mask PNG of a flagged frame) under ``out``; names taken are kept in ``used``."""
-    vmin, vmax = (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)
+    vmin, vmax = map_range(pixel_t)
     dst = out / f"{p.stem}_overlay.png"
     n = 1
     while dst in used:  # same stems from two folders must not overwrite each other

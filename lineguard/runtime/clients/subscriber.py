@@ -39,7 +39,8 @@ def run_results(connect: str, topics: list[str], out: str | None = None, count: 
                 with open(folder / "results.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps({"topic": topic} | body) + "\n")
                 if len(parts) > 2:
-                    (folder / f"{body.get('camera')}_{body.get('frame_id')}_mask.png").write_bytes(parts[2])
+                    name = f"{body.get('seq')}_{body.get('camera')}_{body.get('frame_id')}"  # seq: ids may repeat
+                    (folder / f"{name}_mask.png").write_bytes(parts[2])
             if as_json:
                 print(json.dumps({"topic": topic} | body), flush=True)
             else:

@@ -9,7 +9,7 @@ from typing import Any
 
 import cv2
 
-from lineguard.runtime.overlay import heat_overlay
+from lineguard.runtime.overlay import heat_overlay, map_range
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -24,15 +24,16 @@ class Artifacts:
 
     def save(self, frame: Any, result: Any, defects: list[Any], png: bytes | None,
              pixel_t: float | None) -> dict[str, str]:
-        """Write the frame's artefacts; returns their paths. Names are sanitised camera/frame ids."""
-        stem = _SAFE.sub("_", f"{frame.camera}_{frame.frame_id}")[:120]
+        """Write the frame's artefacts; returns their paths. Names are the sanitised camera and frame id
+        after the station's seq, so a sender repeating an id never overwrites an earlier frame's files."""
+        stem = _SAFE.sub("_", f"{frame.seq}_{frame.camera}_{frame.frame_id}")[:120]
         out: dict[str, str] = {}
         files = []
         if png is not None:
             mask = self.dir / f"{stem}_mask.png"
             mask.write_bytes(png)
             out["mask"], files = str(mask), [mask]
-        vmin, vmax = (0.0, 2.0 * pixel_t) if pixel_t is not None else (None, None)
+        vmin, vmax = map_range(pixel_t)
         overlay = self.dir / f"{stem}_overlay.jpg"
         cv2.imwrite(str(overlay), heat_overlay(frame.image if frame.image.ndim == 3 else
                                                cv2.cvtColor(frame.image, cv2.COLOR_GRAY2BGR),

@@ -28,7 +28,7 @@ def _collector(p: Pipeline) -> Any:
                 sums = dict(st.latency_sum)
                 batches = list(st.batches[-1000:])
             c = CounterMetricFamily("lineguard_frames", "frames by outcome", labels=["outcome"])
-            for k in ("received", "verdicts", "errors", "dropped", "explanations"):
+            for k in ("received", "verdicts", "errors", "dropped", "explanations", "repeated_ids"):
                 c.add_metric([k], counts.get(k, 0))
             yield c
             v = CounterMetricFamily("lineguard_verdicts", "verdicts by class", labels=["verdict"])

@@ -1,4 +1,4 @@
-"""Where a frame's results go: the store first, then artefacts, then the PUB socket, then the counters.
+"""Where a frame's results go: artefacts on disk, then the store, then the PUB socket, then the counters.
 
 Every result of the station leaves through here, so the order (stored before published) and
 the message bodies are written once. Each message carries the station's ``seq`` beside the
@@ -42,10 +42,14 @@ class Outbox:
             self.stats.verdicts[str(rec["verdict"])] += 1
         self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
 
-    def masks(self, f: Frame, ins: Inspection) -> None:
-        """The second verdict message of a flagged frame: its defects and their union mask."""
+    def files(self, f: Frame, ins: Inspection) -> tuple[bytes | None, dict[str, str]]:
+        """(the union mask as PNG, the artefacts' paths): encoding and disk writes, run by the caller's
+        thread (the station's background defect stage), before ``masks`` stores and publishes them."""
         png = mask_png(ins.defects)
-        paths = self.artifacts.save(f, ins.result, ins.defects, png, self.pixel_t) if self.artifacts else {}
+        return png, (self.artifacts.save(f, ins.result, ins.defects, png, self.pixel_t) if self.artifacts else {})
+
+    def masks(self, f: Frame, ins: Inspection, png: bytes | None, paths: dict[str, str]) -> None:
+        """The second verdict message of a flagged frame: its defects and their union mask."""
         rec = ins.record
         if self.store:
             self.store.update(f.seq, f.ts, findings={"hottest": rec["hottest"], "defects": rec["defects"]},
@@ -66,8 +70,8 @@ class Outbox:
         """A frame that got no verdict: stored as an error (or a drop), then published."""
         if status != "dropped":
             self.stats.inc("errors")
-        if self.store:
-            self.store.error(seq, fid, cam, reason, code, ts, status)
+        if self.store and self.store.error(seq, fid, cam, reason, code, ts, status):
+            self.stats.inc("repeated_ids")
         self.publish("error", {"seq": seq, "frame_id": fid, "camera": cam, "code": code, "reason": reason,
                                "ts": dict(ts)}, None)
 

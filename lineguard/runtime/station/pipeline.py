@@ -1,7 +1,7 @@
 """The serving pipeline's scheduling: decode → expert (dynamic batches) → verdict → defects → explanation.
 
-What happens to a frame at each step is the one-frame path (``runtime.inspection``); where its
-results go is the outbox (store, artefacts, PUB). This module only decides which thread runs
+What happens to a frame at each step is the one-frame path (``lineguard.runtime.inspection``);
+where its results go is the outbox (artefacts, store, then PUB). This module only decides which thread runs
 which step, and what is shed under load.
 
 Stages are threads joined by bounded queues (ONNX Runtime releases the GIL while it runs).
@@ -16,8 +16,8 @@ their threads (and the ONNX Runtime workers they create) run at a lower OS prior
 threads; they use what the expert leaves idle instead of slowing the verdicts.
 
 Shutdown: one ``STOP`` enters the decode queue after the last frame and flows down the chain
-(``_run`` passes it on); the expert workers hand it on when the last of them is out, and the
-results thread ends when both the defect and the explanation stage have sent theirs.
+(each stage's ``then`` passes it on); the expert workers hand it on when the last of them is out,
+and the results thread ends when both the defect and the explanation stage have sent theirs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class ServeConfig:
     decode_queue: int = 64  # frames waiting to be decoded; beyond this the ingest drops (counted)
     defect_queue: int = 16
     llm_queue: int = 8
+    device: str = "auto"  # execution provider: auto tries TensorRT, then CUDA, then CPU
     threads: int = 0  # intra-op threads per session, 0 = every core (measured best with spinning off)
     expert_workers: int = 0  # expert sessions side by side, threads split between them; 0 = auto (CPU: one per
     # core up to 4, GPU: 1). Measured (benchmarks/expert_workers.py): 1.1-1.5x one 2-thread session's frames/s.
@@ -82,7 +83,7 @@ class Pipeline:
                  opts: EngineOptions | None = None) -> None:
         self.bundle, self.cfg, self.store = bundle, cfg, store
         self.stats = Stats()
-        opts = opts or EngineOptions(threads=cfg.threads, spinning=cfg.spinning)
+        opts = opts or EngineOptions(device=cfg.device, threads=cfg.threads, spinning=cfg.spinning)
         self.health: dict[str, str] = {}
         self.experts = expert_sessions(bundle, cfg, opts)
         self.health["expert"] = f"ok ({self.experts[0].engine.provider})"
@@ -105,7 +106,7 @@ class Pipeline:
         # the station's own frame ids: after the store's last, so a restart never reuses one
         self.seq = itertools.count((store.last_seq() if store else 0) + 1)
         self.run_id = secrets.token_hex(3)  # in imagezmq frames' ids, which their senders do not give
-        self.imagezmq_count = itertools.count()
+        self.imagezmq_count = itertools.count(1)
         self.q_decode: queue.Queue[Any] = queue.Queue(cfg.decode_queue)
         self.q_expert: queue.Queue[Any] = queue.Queue(max(cfg.max_batch * 4, 8))
         self.q_defect: queue.Queue[Any] = queue.Queue(cfg.defect_queue)
@@ -167,7 +168,7 @@ class Pipeline:
             t.join(max(0.0, end - time.monotonic()))
         return not any(t.is_alive() for t in self.threads)
 
-    def _run(self, q: queue.Queue[Any], handle: Callable[[Any], None], then: Callable[[], None] | None,
+    def _run(self, q: queue.Queue[Any], handle: Callable[[Any], None], then: Callable[[], bool | None],
              nice: int) -> None:
         """One stage's thread: ``handle`` each item until STOP, then ``then`` (which passes STOP on).
         ``handle`` deals with its own frame's failures; a bug that escapes it is logged, not fatal."""
@@ -175,7 +176,7 @@ class Pipeline:
         while True:
             item = q.get()
             if item is STOP:
-                if then is None or then() is not False:
+                if then() is not False:
                     return
                 continue
             try:
@@ -232,8 +233,10 @@ class Pipeline:
             stopping = False
             while not stopping:
                 batch, stopping = self._next_batch()
-                if batch:
+                try:
                     self._verdicts(expert, batch)
+                except Exception:  # a bug or a full disk: logged, this worker goes on with the next batch
+                    log.exception("the expert stage failed on a batch")
         except BaseException as e:  # only a bug gets here; the station keeps its other workers
             log.exception("an expert worker stopped")
             self.health["expert"] = f"degraded: a worker stopped ({e})"
@@ -279,15 +282,17 @@ class Pipeline:
             try:
                 ins = Inspection(self.inspector.record(f.image, r), r)
                 self.outbox.verdict(f, ins)
+                if r.verdict == "defect":
+                    try:
+                        self.q_defect.put_nowait((f, ins))
+                    except queue.Full:
+                        self.outbox.dropped(f, "defects", "masks dropped: the defect queue is full")
             except Exception as e:  # this frame only; its batch mates keep their verdicts
                 log.exception("verdict failed on %s", f.frame_id)
-                self.outbox.error(f.seq, f.frame_id, f.camera, f"verdict failed: {e}", "stage_failed", f.ts)
-                continue
-            if r.verdict == "defect":
                 try:
-                    self.q_defect.put_nowait((f, ins))
-                except queue.Full:
-                    self.outbox.dropped(f, "defects", "masks dropped: the defect queue is full")
+                    self.outbox.error(f.seq, f.frame_id, f.camera, f"verdict failed: {e}", "stage_failed", f.ts)
+                except Exception:  # the store or the socket itself is failing: logged, the worker lives
+                    log.exception("reporting the failure of %s failed", f.frame_id)
 
     def _defects(self, item: tuple[Frame, Inspection]) -> None:
         f, ins = item
@@ -295,11 +300,12 @@ class Pipeline:
             ins.defects = self.inspector.defects(f.image, ins.result)
             ins.record = ins.record | {"defects": [d.to_dict() for d in ins.defects]}
             f.ts["masks"] = time.time()
+            files = self.outbox.files(f, ins)  # mask PNG and artefacts: encoded here, in the background
         except Exception as e:  # one frame's failure: an error for it, the stage goes on
             log.exception("defect stage failed on %s", f.frame_id)
             self.q_results.put(("error", f, f"defect stage failed: {e}"))
             return
-        self.q_results.put(("masks", f, ins))
+        self.q_results.put(("masks", f, (ins, files)))
 
     def _explain(self, item: tuple[Frame, Inspection]) -> None:
         f, ins = item
@@ -318,9 +324,10 @@ class Pipeline:
         kind, f, payload = item
         try:
             if kind == "masks":
-                self.outbox.masks(f, payload)
+                ins, files = payload
+                self.outbox.masks(f, ins, *files)
                 if self.explainer is not None:
-                    self._queue_explanation(f, payload)
+                    self._queue_explanation(f, ins)
             elif kind == "explanation":
                 self.outbox.explanation(f, payload)
             else:

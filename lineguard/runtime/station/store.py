@@ -60,7 +60,6 @@ class ResultStore:
             log.warning("%s: the old results table (keyed by camera and frame id) is kept as results_v0", self.path)
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
-        self.repeats = 0
 
     def last_seq(self) -> int:
         """The highest station id stored (0 for a new store): a restarted station continues after it."""
@@ -68,17 +67,17 @@ class ResultStore:
             return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM results").fetchone()[0])
 
     def _insert(self, row: dict[str, Any]) -> bool:
-        """Insert a frame's row; True if its sender's (camera, frame_id) was stored before."""
+        """Insert a frame's row (a failure reported after its verdict replaces that row, as before
+        station ids); True if its sender's (camera, frame_id) was stored under another seq."""
         with self._lock:
             if row.get("frame_id") is not None and self._db.execute(
-                    "SELECT 1 FROM results WHERE camera=? AND frame_id=? LIMIT 1",
-                    (row["camera"], row["frame_id"])).fetchone():
+                    "SELECT 1 FROM results WHERE camera=? AND frame_id=? AND seq<>? LIMIT 1",
+                    (row["camera"], row["frame_id"], row["seq"])).fetchone():
                 row["repeat"] = 1
-                self.repeats += 1
                 log.warning("camera %s sent frame id %s again: stored as its own row (seq %d)",
                             row["camera"], row["frame_id"], row["seq"])
-            self._db.execute(f"INSERT INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                             tuple(row.values()))
+            self._db.execute(f"INSERT OR REPLACE INTO results ({', '.join(row)}) "
+                             f"VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
         return bool(row.get("repeat"))
 
     def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float]) -> bool:
