@@ -1,6 +1,6 @@
 """Fit the defect classifier of a bundle from labelled defect images (MVTec layout: the defect
 folders name the types, the masks say where). The descriptors are those the runtime computes
-for a found region (``runtime.classify``), taken here on the ground-truth mask's largest
+for a found region (``lineguard.runtime.stages.classify``), taken here on the ground-truth mask's largest
 component (the runtime classifies one connected defect at a time) with the bundle's own map. ``shots`` keeps a few images per type, as a station would label
 them; the images used are recorded so an evaluation can leave them out.
 """

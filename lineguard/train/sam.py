@@ -123,7 +123,7 @@ def make_example(frame: np.ndarray, gt: np.ndarray, amap: np.ndarray, thresholds
     if not coords:
         return None
     mask_in = None
-    if cfg.mask_prompt:  # exactly as runtime.defects builds it
+    if cfg.mask_prompt:  # exactly as lineguard.runtime.stages.defects builds it
         amap_frame = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
         mask_in = map_prompt(amap_frame[y0:y1, x0:x1], level, (nh, nw), size, size // 4)
     return Example(image, np.stack(coords).astype(np.float32), np.stack(targets), sources, mask_in)
