@@ -89,3 +89,16 @@ def test_export_cli_end_to_end(synth, tmp_path):
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert m["product"] == "tile" and m["stages"]["expert"]["options"]["score_mode"] == "max"
     assert np.isfinite(m["stages"]["expert"]["variants"]["fp32"]["parity"]["map_pearson"])
+
+
+def test_logs_get_no_progress_bars_and_the_table_names_files_as_given(bundle_dir, synth, tmp_path):
+    """stderr to a file or a pipe (not a terminal): no carriage-return bars; a symlink keeps its name."""
+    r = lg("ddqa", "build", "--dataset", synth, "--out", tmp_path / "q.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "%|" not in r.stderr
+    src = next((synth / "test" / "blob").iterdir())
+    (tmp_path / "alias.png").symlink_to(src)
+    r = lg("inspect", bundle_dir, tmp_path / "alias.png")
+    assert r.returncode == 0, r.stderr
+    assert "alias.png" in r.stdout and src.name not in r.stdout
+    assert "\r" not in r.stderr

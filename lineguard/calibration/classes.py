@@ -85,7 +85,7 @@ def fit_classes(bundle_path: str | Path, dataset: str | Path, shots: int | None 
     expert = Expert(bundle, precision, EngineOptions(device="cpu"))
     pixel_t = bundle.thresholds.get("pixel")
     vecs, labels = [], []
-    for it in tqdm(chosen, desc="classes", unit="img", disable=not progress, leave=False):
+    for it in tqdm(chosen, desc="classes", unit="img", disable=None if progress else True, leave=False):
         frame = read_image(root / it.image)
         amap = expert([frame])[0].anomaly_map
         amap_frame = cv2.resize(amap, it.size, interpolation=cv2.INTER_LINEAR)

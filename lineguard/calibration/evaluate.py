@@ -39,7 +39,7 @@ def score_frames(expert: Expert, frames: Sequence[np.ndarray], batch: int = 1, d
                  progress: bool = True) -> Scored:
     """Run the expert over frames (``batch`` at a time); maps come back at each frame's size."""
     scores, maps, busy = [], [], 0.0
-    for i in tqdm(range(0, len(frames), batch), desc=desc, unit="batch", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(frames), batch), desc=desc, unit="batch", disable=None if progress else True, leave=False):
         chunk = frames[i : i + batch]
         t0 = time.perf_counter()
         results = expert(chunk)

@@ -39,7 +39,7 @@ def compare_masks(bundle: Bundle, samples: Sequence[Sample], arms: Sequence[str]
     counts = {a: np.zeros(3, np.int64) for a in arms}
     per_image: dict[str, list[float]] = {a: [] for a in arms}
     seconds = dict.fromkeys(arms, 0.0)
-    for s in tqdm(picks, desc="masks", unit="img", disable=not progress, leave=False):
+    for s in tqdm(picks, desc="masks", unit="img", disable=None if progress else True, leave=False):
         frame = read_image(s.path)
         gt = read_mask(s, frame.shape[:2])
         amap = expert([frame])[0].anomaly_map

@@ -37,7 +37,7 @@ def myriad_kfold(frames: Sequence[np.ndarray], refit: Refit, k: int = 3, seed: i
     """Held-out normal scores over k folds; thresholds are their maxima (image and pixel)."""
     held_scores = np.empty(len(frames))
     pixel_max = np.empty(len(frames))
-    for fold in tqdm(folds(len(frames), k, seed), desc="k-fold", unit="fold", disable=not progress):
+    for fold in tqdm(folds(len(frames), k, seed), desc="k-fold", unit="fold", disable=None if progress else True):
         held = np.zeros(len(frames), bool)
         held[fold] = True
         scorer = refit([f for f, h in zip(frames, held) if not h])

@@ -53,7 +53,7 @@ def build(root: str | Path, out: str | Path, seed: int = 0, product: str | None 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for item in tqdm(items, desc="ddqa build", unit="img", disable=not progress, leave=False):
+        for item in tqdm(items, desc="ddqa build", unit="img", disable=None if progress else True, leave=False):
             recs = questions(item, types, rng, product, components)
             skipped += item.defect != "good" and item.mask is None
             for r in recs:

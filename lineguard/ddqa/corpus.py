@@ -88,7 +88,7 @@ def build_corpus(root: str | Path, out: str | Path, seed: int = 0, product: str 
     n, skipped = 0, 0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for item in tqdm(items, desc="ddqa corpus", unit="img", disable=not progress, leave=False):
+        for item in tqdm(items, desc="ddqa corpus", unit="img", disable=None if progress else True, leave=False):
             if item.defect != "good" and item.mask is None:
                 skipped += 1
                 continue

@@ -186,7 +186,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     ious: dict[str, list[float]] = {s: [] for s in systems}
     answered: dict[str, int] = {s: 0 for s in systems}  # answers given in a readable form
     excluded, grounded, rows, explanations = 0, [], [], []
-    for (base, rel), qs in tqdm(images, desc="ddqa eval", unit="img", disable=not progress):
+    for (base, rel), qs in tqdm(images, desc="ddqa eval", unit="img", disable=None if progress else True):
         path = Path(base) / rel
         try:
             frame = read_image(path)

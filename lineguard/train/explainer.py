@@ -146,7 +146,7 @@ def grounding_rate(model: Any, tok: Any, examples: list[tuple[str, str, dict[str
                    progress: bool = True) -> dict[str, Any]:
     """Greedy explanations of ``examples`` checked by the runtime's grounding rule."""
     ok, bad = 0, []
-    for prompt, _, f in tqdm(examples, desc="grounding", unit="pair", disable=not progress, leave=False):
+    for prompt, _, f in tqdm(examples, desc="grounding", unit="pair", disable=None if progress else True, leave=False):
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

@@ -34,7 +34,7 @@ class Steps:
 
     def __iter__(self) -> Iterator[int]:
         self.t0 = time.perf_counter()
-        bar = tqdm(range(self.steps), desc=self.desc, unit="step", disable=not self.progress)
+        bar = tqdm(range(self.steps), desc=self.desc, unit="step", disable=None if self.progress else True)
         for i in bar:
             yield i
             if self.losses:

@@ -58,7 +58,7 @@ def fit_patchcore(images: Sequence[np.ndarray], cfg: PatchCoreConfig,
                       num_neighbors=cfg.num_neighbors, sigma=cfg.sigma).eval()
     spec = input_spec(cfg.size)
     chunks = []
-    for i in tqdm(range(0, len(images), cfg.batch), desc="embed", unit="batch", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(images), cfg.batch), desc="embed", unit="batch", disable=None if progress else True, leave=False):
         x = torch.from_numpy(to_batch(images[i : i + cfg.batch], spec))
         f = model.embed(x)
         chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))

@@ -92,11 +92,12 @@ def _overlay(out: Path, p: Path, frame: np.ndarray, ins: Inspection, pixel_t: fl
 def format_table(results: list[dict[str, Any]]) -> str:
     """A readable table: one line per image, paths shown below their common folder."""
     rows = [("image", "score", "norm", "verdict", "hottest box (x0,y0,x1,y1)", "cell", "defects")]
-    parents = [str(Path(r["path"]).resolve().parent) for r in results]
-    common = Path(os.path.commonpath(parents)) if parents else Path()
+    # the paths as given, made absolute but not resolved: a symlink keeps its own name, as in --json
+    paths = [Path(os.path.abspath(r["path"])) for r in results]
+    common = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path()
 
     def name(r: dict[str, Any]) -> str:
-        return str(Path(r["path"]).resolve().relative_to(common))
+        return str(Path(os.path.abspath(r["path"])).relative_to(common))
 
     for r in results:
         if "error" in r:

@@ -116,7 +116,7 @@ class Server:
             self.health.start()
         ingest = threading.Thread(target=self._ingest, name="ingest", daemon=True)
         ingest.start()
-        log.warning("serving: ingest %s%s, results %s%s", self.ep.ingest,
+        log.info("serving: ingest %s%s, results %s%s", self.ep.ingest,
                     f", imagezmq {self.ep.imagezmq}" if self.ep.imagezmq else "", self.ep.publish,
                     ", CURVE on" if self.keys else "")
         print(json.dumps({"event": "ready", "ingest": self.ep.ingest, "publish": self.ep.publish,
