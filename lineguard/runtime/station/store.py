@@ -67,17 +67,19 @@ class ResultStore:
             return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM results").fetchone()[0])
 
     def _insert(self, row: dict[str, Any]) -> bool:
-        """Insert a frame's row (a failure reported after its verdict replaces that row, as before
-        station ids); True if its sender's (camera, frame_id) was stored under another seq."""
+        """Insert a frame's row; a failure reported after its verdict was stored updates the given
+        columns and keeps the rest (its verdict, score). True if the sender's (camera, frame_id) was
+        stored under an earlier seq."""
         with self._lock:
             if row.get("frame_id") is not None and self._db.execute(
-                    "SELECT 1 FROM results WHERE camera=? AND frame_id=? AND seq<>? LIMIT 1",
+                    "SELECT 1 FROM results WHERE camera=? AND frame_id=? AND seq<? LIMIT 1",
                     (row["camera"], row["frame_id"], row["seq"])).fetchone():
                 row["repeat"] = 1
                 log.warning("camera %s sent frame id %s again: stored as its own row (seq %d)",
                             row["camera"], row["frame_id"], row["seq"])
-            self._db.execute(f"INSERT OR REPLACE INTO results ({', '.join(row)}) "
-                             f"VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+            sets = ", ".join(f"{c}=excluded.{c}" for c in row if c != "seq")
+            self._db.execute(f"INSERT INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                             f"ON CONFLICT(seq) DO UPDATE SET {sets}", tuple(row.values()))
         return bool(row.get("repeat"))
 
     def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float]) -> bool:
