@@ -3,7 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,export,dev
+EXTRAS ?= cpu,export,dev,interop
 
 .PHONY: demo test lint bench clean
 

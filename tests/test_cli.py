@@ -102,3 +102,20 @@ def test_logs_get_no_progress_bars_and_the_table_names_files_as_given(bundle_dir
     assert r.returncode == 0, r.stderr
     assert "alias.png" in r.stdout and src.name not in r.stdout
     assert "\r" not in r.stderr
+
+
+def test_calibrate_logs_quietly_and_on_a_terminal_only(bundle_dir, synth, tmp_path):
+    """`calibrate ... 2>&1 | cat` gets no bars; --quiet keeps warnings only, before or after the command."""
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(bundle_dir, b)
+    r = lg("calibrate", b, "--normal", synth, "--dataset", synth)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "%|" not in r.stderr and "k-fold" not in r.stderr
+    for args in (("-q", "quantize", b), ("quantize", b, "--quiet")):
+        r = lg(*args, "--normal", synth, "--precision", "int8", "--calib-images", "4", "--every", "4")
+        assert r.returncode == 0, r.stderr
+        assert "INFO" not in r.stderr and "\r" not in r.stderr
+    r = lg("quantize", b, "--normal", synth, "--precision", "int8", "--calib-images", "4", "--every", "4")
+    assert "INFO lineguard" in r.stderr  # a gate's pass or fail is an informational line, shown by default

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,59 +15,10 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers import lg
+from helpers import Station, lg
 
 from lineguard.runtime.imageio import list_images, read_image
-from lineguard.runtime.ports import free_ports
 from lineguard.runtime.station.protocol import encode_frame
-
-
-class Station:
-    """The server process plus a subscriber and a sender, all on loopback."""
-
-    def __init__(self, bundle: Path, tmp: Path, *extra: str) -> None:
-        self.ports = dict(zip(("ingest", "publish", "imagezmq", "metrics"), free_ports(4)))
-        self.ingest = f"tcp://127.0.0.1:{self.ports['ingest']}"
-        self.publish = f"tcp://127.0.0.1:{self.ports['publish']}"
-        self.imagezmq = f"tcp://127.0.0.1:{self.ports['imagezmq']}"
-        self.db = tmp / "results.db"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lineguard", "serve", str(bundle), "--ingest", self.ingest, "--publish",
-             self.publish, "--imagezmq", self.imagezmq, "--db", str(self.db), "--metrics-port",
-             str(self.ports["metrics"]), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line, self.proc.stderr.read()
-        self.ready = json.loads(line)
-        assert self.ready["event"] == "ready"
-        self.ctx = zmq.Context()
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(self.publish)
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.push.sndtimeo = 5000
-        self.push.connect(self.ingest)
-        time.sleep(0.5)  # PUB/SUB slow joiner: let the subscription reach the server
-
-    def send(self, parts: list) -> None:
-        self.push.send_multipart(parts, copy=False)
-
-    def collect(self, until: callable, timeout: float = 60.0) -> list[tuple[str, dict, bytes | None]]:
-        got: list[tuple[str, dict, bytes | None]] = []
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and not until(got):
-            if self.sub.poll(200):
-                parts = self.sub.recv_multipart()
-                got.append((parts[0].decode(), json.loads(parts[1]), parts[2] if len(parts) > 2 else None))
-        return got
-
-    def stop(self) -> tuple[int, dict]:
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
-        self.push.close(0)
-        self.sub.close(0)
-        self.ctx.term()
-        last = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
-        return self.proc.returncode, last | {"stderr": err}
 
 
 def _frames(synth: Path) -> list[tuple[str, np.ndarray]]:
@@ -437,3 +387,15 @@ def test_the_served_record_is_the_inspected_record(full_bundle, synth, tmp_path)
         rec = {k: v for k, v in served[name].items() if k not in ("seq", "frame_id", "camera", "ts_sent", "ts",
                                                                     "update", "has_mask")}
         _same(rec, {k: v for k, v in ins.items() if k != "path"}, name)
+
+
+def test_serve_logs_one_json_object_per_line(served_bundle, synth, tmp_path):
+    st = Station(served_bundle, tmp_path, "--log-format", "json", "--no-explain")
+    try:
+        st.send([b"not a frame"])  # an error a log collector should see as a record, not a traceback
+        st.collect(lambda g: any(t == "error" for t, _, _ in g), timeout=20)
+    finally:
+        rc, summary = st.stop()
+    lines = [json.loads(x) for x in summary["stderr"].splitlines() if x.strip()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(x) for x in lines)
+    assert any(x["level"] == "info" and x["message"].startswith("serving:") for x in lines)

@@ -77,6 +77,18 @@ def test_trained_expert_imports_as_a_bundle_with_its_record(trained, synth, tmp_
     assert np.isclose(res.score, res.anomaly_map.max(), atol=1e-5)  # DRAEM's score: the map's peak
 
 
+def test_the_myriad_rule_warns_when_given_the_experts_own_training_images(trained, synth, tmp_path):
+    """Its threshold is the highest score of normal images the expert has not seen: say so on the console."""
+    out, _ = trained
+    b = tmp_path / "b"
+    assert lg("export", "expert", "--kind", "onnx", "--model", out, "--out", b).returncode == 0
+    r = lg("calibrate", b, "--normal", synth / "train" / "good")
+    assert r.returncode == 0, r.stderr
+    assert "16 of 16 images" in r.stderr and "own training images" in r.stderr
+    r = lg("calibrate", b, "--normal", synth / "test" / "good")  # held out: nothing to say
+    assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr
+
+
 def test_train_cli_errors_are_one_line(tmp_path):
     r = lg("train", "expert", "--train", tmp_path / "none", "--out", tmp_path / "e.onnx")
     assert r.returncode != 0 and "no such folder" in r.stderr and "Traceback" not in r.stderr

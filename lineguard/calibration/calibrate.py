@@ -1,7 +1,8 @@
 """`lineguard calibrate`: thresholds and score normalisation into a bundle's manifest, with a report.
 
 Rules (``--rule``, default ``auto``): ``manual`` when ``--threshold`` is given, else ``f1`` when
-a labelled dataset is given, else ``myriad`` (k-fold maximum over the normal images). The
+a labelled dataset is given, else ``myriad`` (k-fold maximum over the normal images). ``model``
+keeps the threshold the graph applies itself (anomalib's ``pred_label = pred_score > 0.5``). The
 bundle is rewritten atomically; on any error it is left as it was.
 """
 
@@ -18,13 +19,14 @@ from lineguard.calibration import report
 from lineguard.calibration.dataset import load_labelled, read_frames
 from lineguard.calibration.evaluate import evaluate_scored, flat_pixels, score_frames
 from lineguard.calibration.thresholds import f1_thresholds, min_max, myriad_kfold
+from lineguard.export.model_threshold import model_thresholds
 from lineguard.runtime.bundle import Bundle, BundleWriter
 from lineguard.runtime.errors import InputError
 from lineguard.runtime.imageio import normal_images
 from lineguard.runtime.stages.expert import Expert
 
 log = logging.getLogger("lineguard.calibrate")
-RULES = ("auto", "myriad", "f1", "manual")
+RULES = ("auto", "myriad", "f1", "manual", "model")
 
 
 def _rule(rule: str, threshold: float | None, normal: str | None, dataset: str | None) -> str:
@@ -41,6 +43,45 @@ def _rule(rule: str, threshold: float | None, normal: str | None, dataset: str |
     return rule
 
 
+def _fitted_on(stage: dict[str, Any]) -> Path | None:
+    """The folder the expert was fitted on, where its export recorded it."""
+    prov = stage["variants"]["fp32"].get("provenance", {})
+    folder = prov.get("train_dir") or (prov.get("trained") or {}).get("training", {}).get("train_dir")
+    if not folder:
+        return None
+    # bundles written before 2026-12-02 recorded an MVTec category root, not its train/good
+    return Path(folder) / "train" / "good" if (Path(folder) / "train" / "good").is_dir() else Path(folder)
+
+
+def _warn_not_held_out(stage: dict[str, Any], normal: str) -> None:
+    """Myriad's rule is the highest score of normal images the expert has not seen: say so when
+    these are the ones it was fitted on (or when nobody can tell, for an imported model)."""
+    fitted = _fitted_on(stage)
+    if fitted is None:
+        log.warning("the expert was imported: the myriad rule takes the highest score over %s, so these must be "
+                    "normal images the model was not trained on", normal)
+        return
+    files = normal_images(normal)
+    seen = sum(fitted.resolve() in f.resolve().parents for f in files)
+    if seen:
+        log.warning("%d of %d images in %s are the expert's own training images (%s): the highest score over them "
+                    "understates a new good part's and good parts will be flagged; give held-out normal images",
+                    seen, len(files), normal, fitted)
+
+
+def _model_rule(bundle: Bundle) -> dict[str, Any]:
+    import onnx
+
+    stage = bundle.stage("expert")
+    graph = bundle.variant_path("expert", "fp32")
+    roles = stage.get("roles", {})
+    own = model_thresholds(onnx.load(str(graph)), roles.get("score"), roles.get("anomaly_map") or "anomaly_map")
+    if own is None:
+        raise InputError(f"{graph}: the graph does not threshold its score output (as anomalib's pred_label does): "
+                         "use --rule myriad, f1 or manual")
+    return own
+
+
 def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str | None = None, rule: str = "auto",
               threshold: float | None = None, pixel_threshold: float | None = None, folds: int = 3,
               seed: int = 0, report_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -52,7 +93,10 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
     expert = Expert(bundle, "fp32")
     scored = score_frames(expert, data.frames, desc="score test", progress=progress) if data else None
 
-    if rule == "myriad":
+    by_model = _model_rule(bundle) if rule == "model" else None
+    if by_model is not None:
+        t = by_model["record"] | by_model["thresholds"]
+    elif rule == "myriad":
         if stage["kind"] == "patchcore":
             from lineguard.calibration.refit import patchcore_refit
 
@@ -63,6 +107,8 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
                 except InputError as e:
                     raise InputError(f"{normal}: {e}") from None
         else:  # an imported expert cannot be refitted: its own maximum over all normal images
+            assert normal is not None
+            _warn_not_held_out(stage, normal)
             own = score_frames(expert, normal_frames, desc="score normal", progress=progress)
             t = {"rule": "myriad", "folds": None, "images": len(normal_frames), "image": float(own.scores.max()),
                  "pixel": float(max(m.max() for m in own.maps)), "normal_scores": own.scores.tolist(),
@@ -88,11 +134,15 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
     if not len(normal_scores) and not len(defect_scores):
         if normal_frames:
             normal_scores = score_frames(expert, normal_frames, desc="score normal", progress=progress).scores
-        elif old.get("method") != "min_max":
-            raise InputError("a first calibration needs --normal DIR or --dataset ROOT for the score normalisation")
-    all_scores = np.r_[normal_scores, defect_scores] if len(normal_scores) + len(defect_scores) else \
-        np.array([old["min"], old["max"]], np.float64)  # a new manual threshold keeps the old score range
-    norm = min_max(t["image"], all_scores)
+        elif old.get("method") != "min_max" and by_model is None:
+            raise InputError("a first calibration needs --normal DIR or --dataset ROOT for the score normalisation "
+                             "(or --rule model, to keep a threshold the model applies itself)")
+    if by_model is not None:  # the model's scores are already on its own scale, threshold at its constant
+        norm = by_model["normalization"]
+    else:
+        all_scores = np.r_[normal_scores, defect_scores] if len(normal_scores) + len(defect_scores) else \
+            np.array([old["min"], old["max"]], np.float64)  # a new manual threshold keeps the old score range
+        norm = min_max(t["image"], all_scores)
 
     rep: dict[str, Any] = {
         "product": bundle.product,
@@ -131,8 +181,9 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
 
 def describe(rep: dict[str, Any]) -> str:
     t = rep["thresholds"]
-    lines = [f"rule      {t['rule']}" + (f" ({t['folds']} folds)" if t.get("folds") else "")
-             + f" on {t.get('images', 0)} images",
+    how = f" ({t['image_from']})" if t["rule"] == "model" else \
+        (f" ({t['folds']} folds)" if t.get("folds") else "") + f" on {t.get('images', 0)} images"
+    lines = [f"rule      {t['rule']}{how}",
              f"threshold image {t['image']:.5g}" + (f", pixel {t['pixel']:.5g}" if "pixel" in t else "")]
     if "metrics" in rep:
         m = rep["metrics"]

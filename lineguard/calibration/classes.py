@@ -13,10 +13,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.ddqa.dataset import walk
 from lineguard.ddqa.rules import largest_component
+from lineguard.progress import bar
 from lineguard.runtime.bundle import Bundle, BundleWriter
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import InputError
@@ -85,7 +85,7 @@ def fit_classes(bundle_path: str | Path, dataset: str | Path, shots: int | None 
     expert = Expert(bundle, precision, EngineOptions(device="cpu"))
     pixel_t = bundle.thresholds.get("pixel")
     vecs, labels = [], []
-    for it in tqdm(chosen, desc="classes", unit="img", disable=None if progress else True, leave=False):
+    for it in bar(chosen, desc="classes", unit="img", progress=progress, leave=False):
         frame = read_image(root / it.image)
         amap = expert([frame])[0].anomaly_map
         amap_frame = cv2.resize(amap, it.size, interpolation=cv2.INTER_LINEAR)

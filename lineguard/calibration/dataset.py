@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from lineguard.progress import bar
 from lineguard.runtime.errors import InputError
 from lineguard.runtime.imageio import list_images, mask_path, read_image
 
@@ -42,7 +42,7 @@ class Labelled:
 
 
 def read_frames(paths: Sequence[Path], desc: str = "read", progress: bool = True) -> list[np.ndarray]:
-    return [read_image(p) for p in tqdm(paths, desc=desc, unit="img", disable=None if progress else True, leave=False)]
+    return [read_image(p) for p in bar(paths, desc=desc, unit="img", progress=progress, leave=False)]
 
 
 def test_samples(category: str | Path) -> list[Sample]:
@@ -81,7 +81,7 @@ def load_labelled(category: str | Path, every: int = 1, progress: bool = True) -
     """Read the test split of a category (every ``every``-th image, for quick checks)."""
     samples = test_samples(category)[::every]
     frames, masks = [], []
-    for s in tqdm(samples, desc="read test", unit="img", disable=None if progress else True, leave=False):
+    for s in bar(samples, desc="read test", unit="img", progress=progress, leave=False):
         f = read_image(s.path)
         frames.append(f)
         masks.append(read_mask(s, f.shape[:2]))

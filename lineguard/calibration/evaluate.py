@@ -14,10 +14,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.calibration.dataset import Labelled, load_labelled
 from lineguard.calibration.metrics import evaluate as metrics
+from lineguard.progress import bar
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import InputError
@@ -39,7 +39,7 @@ def score_frames(expert: Expert, frames: Sequence[np.ndarray], batch: int = 1, d
                  progress: bool = True) -> Scored:
     """Run the expert over frames (``batch`` at a time); maps come back at each frame's size."""
     scores, maps, busy = [], [], 0.0
-    for i in tqdm(range(0, len(frames), batch), desc=desc, unit="batch", disable=None if progress else True, leave=False):
+    for i in bar(range(0, len(frames), batch), desc=desc, unit="batch", progress=progress, leave=False):
         chunk = frames[i : i + batch]
         t0 = time.perf_counter()
         results = expert(chunk)

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.calibration.dataset import Sample, read_mask
+from lineguard.progress import bar
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.imageio import read_image
 from lineguard.runtime.inspection import union_mask
@@ -39,7 +39,7 @@ def compare_masks(bundle: Bundle, samples: Sequence[Sample], arms: Sequence[str]
     counts = {a: np.zeros(3, np.int64) for a in arms}
     per_image: dict[str, list[float]] = {a: [] for a in arms}
     seconds = dict.fromkeys(arms, 0.0)
-    for s in tqdm(picks, desc="masks", unit="img", disable=None if progress else True, leave=False):
+    for s in bar(picks, desc="masks", unit="img", progress=progress, leave=False):
         frame = read_image(s.path)
         gt = read_mask(s, frame.shape[:2])
         amap = expert([frame])[0].anomaly_map

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.calibration.metrics import f1_max
+from lineguard.progress import bar
 from lineguard.runtime.errors import InputError
 
 # fit on normal frames → a scorer: frames → (image scores [N], per-frame maps)
@@ -37,7 +37,7 @@ def myriad_kfold(frames: Sequence[np.ndarray], refit: Refit, k: int = 3, seed: i
     """Held-out normal scores over k folds; thresholds are their maxima (image and pixel)."""
     held_scores = np.empty(len(frames))
     pixel_max = np.empty(len(frames))
-    for fold in tqdm(folds(len(frames), k, seed), desc="k-fold", unit="fold", disable=None if progress else True):
+    for fold in bar(folds(len(frames), k, seed), desc="k-fold", unit="fold", progress=progress):
         held = np.zeros(len(frames), bool)
         held[fold] = True
         scorer = refit([f for f, h in zip(frames, held) if not h])

@@ -119,6 +119,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     for name, st in b.manifest["stages"].items():
         spec = st.get("input_spec", {})
         size = f"{spec.get('height')}x{spec.get('width')} {spec.get('color')}" if spec else ""
+        size += f", fixed batch {spec['batch']}" if spec.get("batch") else ""
         print(f"stage    {name}: {st['kind']} {size}  variants: {', '.join(st['variants'])}")
         for prec, v in st["variants"].items():
             par = v.get("parity", {})
@@ -138,5 +139,7 @@ def cmd_info(a: argparse.Namespace) -> int:
             print(f"         {prec}: rejected by the gate ({r['reason']})")
         for w in st.get("warnings", []):
             print(f"warning  {w}")
-    print(f"thresholds    {b.thresholds or 'none (not calibrated)'}")
+    cal = b.manifest.get("calibration", {})
+    how = f" (rule {cal['rule']}" + (f": {cal['image_from']}" if "image_from" in cal else "") + ")" if cal else ""
+    print(f"thresholds    {b.thresholds or 'none (not calibrated)'}{how}")
     return 0

@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("bundle")
     c.add_argument("--normal", help="folder of normal images (or an MVTec category: its train/good)")
     c.add_argument("--dataset", help="MVTec-layout category with defect images and masks (for the f1 rule)")
-    c.add_argument("--rule", default="auto", choices=["auto", "myriad", "f1", "manual"],
-                   help="auto: manual if --threshold, f1 if --dataset, else myriad (k-fold max normal score)")
+    c.add_argument("--rule", default="auto", choices=["auto", "myriad", "f1", "manual", "model"],
+                   help="auto: manual if --threshold, f1 if --dataset, else myriad (k-fold max normal score); "
+                        "model: the threshold the graph applies itself (anomalib's pred_label)")
     c.add_argument("--threshold", type=float, help="image threshold on the raw score (rule manual)")
     c.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold for the defect region")
     c.add_argument("--folds", type=int, default=3, help="k for the myriad rule")
@@ -58,8 +59,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     needs("export", "onnx", "matplotlib")
     from lineguard.calibration.calibrate import calibrate, describe
 
-    if not a.normal and not a.dataset and a.threshold is None and not a.classes_only:
-        raise LineguardError("give --normal DIR, --dataset ROOT or --threshold T")
+    if not a.normal and not a.dataset and a.threshold is None and not a.classes_only and a.rule != "model":
+        raise LineguardError("give --normal DIR, --dataset ROOT, --threshold T or --rule model")
     if (a.classes or a.classes_only) and not a.dataset:
         raise LineguardError("--classes needs --dataset ROOT (defect folders with masks)")
     if a.classes_only:

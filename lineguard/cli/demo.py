@@ -17,7 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--rate", type=positive(float), default=10.0, help="line rate, frames/s")
     d.add_argument("--cache", help="where the default bundle is built (default: $LINEGUARD_CACHE or ~/.cache/lineguard)")
     d.add_argument("--rebuild", action="store_true", help="build the default bundle again, even if cached")
-    d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=cmd_demo)

@@ -29,10 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--map-output", help="name of its anomaly-map output (default: guessed)")
     g.add_argument("--score-output", help="name of its image-score output (default: guessed, else map max)")
     g.add_argument("--input-size", type=positive(int), nargs=2, metavar=("H", "W"),
-                   help="input size where the graph's is dynamic")
+                   help="input size where the graph's is dynamic (default: the anomaly map's size, which is "
+                        "the size anomalib's exports resize to inside the graph)")
     g.add_argument("--color", choices=["RGB", "BGR", "GRAY"], help="channel order the model expects (default RGB)")
     g.add_argument("--mean", type=float, nargs="+", help="per-channel mean after scaling to 0..1 (default 0)")
     g.add_argument("--std", type=float, nargs="+", help="per-channel std after scaling to 0..1 (default 1)")
+    g.add_argument("--no-model-threshold", action="store_true",
+                   help="ignore a threshold the graph applies itself (anomalib's pred_label); calibrate instead")
 
     s = exs.add_parser("sam", help="export Segment Anything (encoder, prompt decoder, sparse decoder) into a bundle")
     s.add_argument("--checkpoint", required=True, help="segment-anything state dict (e.g. sam_vit_b_01ec64.pth)")
@@ -97,11 +100,12 @@ def run(a: argparse.Namespace) -> int:
                               max_bank_mb=a.max_bank_mb, score_mode=a.score, seed=a.seed)
         out = export_patchcore(a.train, a.out, cfg, a.product, a.force)
     else:
-        from lineguard.export.onnx_import import import_onnx_expert
+        from lineguard.export.onnx_import import describe_import, import_onnx_expert
 
         if not a.model:
             raise LineguardError("--kind onnx needs --model FILE")
         out = import_onnx_expert(a.model, a.out, a.product, a.map_output, a.score_output, a.input_size,
-                                 a.color, a.mean, a.std, a.force)
+                                 a.color, a.mean, a.std, a.force, not a.no_model_threshold)
+        print(describe_import(out))
     print(f"wrote {out}")
     return 0

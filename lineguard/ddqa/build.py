@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.ddqa.dataset import Item, walk
 from lineguard.ddqa.rules import cell_options, norm_box, rough_cell
 from lineguard.ddqa.templates import question
+from lineguard.progress import bar
 
 
 def questions(item: Item, types: list[str], rng: np.random.Generator, product: str,
@@ -53,7 +53,7 @@ def build(root: str | Path, out: str | Path, seed: int = 0, product: str | None 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for item in tqdm(items, desc="ddqa build", unit="img", disable=None if progress else True, leave=False):
+        for item in bar(items, desc="ddqa build", unit="img", progress=progress, leave=False):
             recs = questions(item, types, rng, product, components)
             skipped += item.defect != "good" and item.mask is None
             for r in recs:

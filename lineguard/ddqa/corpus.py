@@ -15,9 +15,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.ddqa.dataset import Item, walk
+from lineguard.progress import bar
 from lineguard.runtime.stages.findings import region_from_mask
 from lineguard.runtime.stages.prompting import DEFAULT_PROMPT, PromptBuilder, findings_for_prompt
 
@@ -88,7 +88,7 @@ def build_corpus(root: str | Path, out: str | Path, seed: int = 0, product: str 
     n, skipped = 0, 0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for item in tqdm(items, desc="ddqa corpus", unit="img", disable=None if progress else True, leave=False):
+        for item in bar(items, desc="ddqa corpus", unit="img", progress=progress, leave=False):
             if item.defect != "good" and item.mask is None:
                 skipped += 1
                 continue

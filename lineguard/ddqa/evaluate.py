@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lineguard.ddqa import answers
 from lineguard.ddqa.rules import IOU_HIT, TASKS, best_option, box_iou, norm_box
+from lineguard.progress import bar
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import InputError
@@ -186,7 +186,7 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     ious: dict[str, list[float]] = {s: [] for s in systems}
     answered: dict[str, int] = {s: 0 for s in systems}  # answers given in a readable form
     excluded, grounded, rows, explanations = 0, [], [], []
-    for (base, rel), qs in tqdm(images, desc="ddqa eval", unit="img", disable=None if progress else True):
+    for (base, rel), qs in bar(images, desc="ddqa eval", unit="img", progress=progress):
         path = Path(base) / rel
         try:
             frame = read_image(path)

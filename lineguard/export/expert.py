@@ -96,7 +96,7 @@ def export_patchcore(train: str | Path, out: str | Path, cfg: PatchCoreConfig, p
         fitted = {k: v for k, v in record.items() if k != "backbone"}
         options = {k: v for k, v in vars(cfg).items() if k != "weights"} | fitted | {
             "layers": ["layer2", "layer3"], "feature": "3x3 avg-pooled, layer3 upsampled to layer2"}
-        prov |= {"source": record["backbone"], "train_dir": str(Path(train).resolve()),
+        prov |= {"source": record["backbone"], "train_dir": str(files[0].parent.resolve()),
                  "train_images": len(images)}
         write_expert_stage(writer, "patchcore", spec, onnx_path, {"anomaly_map": "anomaly_map", "score": "score"},
                            engine, options, parity, prov, warns)

@@ -10,8 +10,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from lineguard.progress import bar
 from lineguard.runtime.errors import InputError
 from lineguard.synth.defects import DEFECTS
 from lineguard.synth.parts import PARTS
@@ -61,7 +61,7 @@ def make_line(out: str | Path, n: int = 40, parts: str | None = None, defects: s
     jobs = [(p, None, "train/good", i) for p in part_names for i in range(n)]
     jobs += [(p, None, "test/good", i) for p in part_names for i in range(max(1, n // 4))]
     jobs += [(p, d, f"test/{d}", i) for p in part_names for d in defect_names for i in range(max(1, n // 4))]
-    for part, defect, sub, i in tqdm(jobs, desc="synth", unit="img", disable=None if progress else True):
+    for part, defect, sub, i in bar(jobs, desc="synth", unit="img", progress=progress):
         img, mask = sample(part, defect, rng, size)
         path = root / part / sub / f"{i:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -129,5 +129,5 @@ def train_expert(train: str | Path, out: str | Path, cfg: ExpertTrainConfig, pro
     """Normal images → trained, exported, parity-checked ``out`` ONNX file; returns its record."""
     images = load_normals(train, cfg.size)
     net, record = train_segnet(images, cfg, progress)
-    record["train_dir"] = str(Path(train).resolve())
+    record["train_dir"] = str(normal_images(train)[0].parent.resolve())  # train/good of a category root
     return export_segnet(net, out, cfg, images, record)

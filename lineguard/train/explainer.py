@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lineguard.ddqa.corpus import reference
 from lineguard.export.llm.tiny import save_checkpoint, tiny_config, train_tokenizer, wrap_tokenizer
+from lineguard.progress import bar
 from lineguard.runtime.errors import InputError
 from lineguard.runtime.stages.findings import GRID
 from lineguard.runtime.stages.grounding import GENERIC_CLASSES, check
@@ -146,7 +146,7 @@ def grounding_rate(model: Any, tok: Any, examples: list[tuple[str, str, dict[str
                    progress: bool = True) -> dict[str, Any]:
     """Greedy explanations of ``examples`` checked by the runtime's grounding rule."""
     ok, bad = 0, []
-    for prompt, _, f in tqdm(examples, desc="grounding", unit="pair", disable=None if progress else True, leave=False):
+    for prompt, _, f in bar(examples, desc="grounding", unit="pair", progress=progress, leave=False):
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from lineguard.progress import bar
 from lineguard.runtime.errors import LineguardError
 
 
@@ -34,11 +34,11 @@ class Steps:
 
     def __iter__(self) -> Iterator[int]:
         self.t0 = time.perf_counter()
-        bar = tqdm(range(self.steps), desc=self.desc, unit="step", disable=None if self.progress else True)
-        for i in bar:
+        steps = bar(range(self.steps), desc=self.desc, unit="step", progress=self.progress)
+        for i in steps:
             yield i
             if self.losses:
-                bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}")
+                steps.set_postfix(loss=f"{np.mean(self.losses[-20:]):.3f}")
             if self.minutes and time.perf_counter() - self.t0 > self.minutes * 60 and i + 1 < self.steps:
                 raise LineguardError(f"{self.desc}: the {self.minutes:g}-minute limit was reached after {i + 1} of "
                                      f"{self.steps} steps; nothing was written (fewer --steps, or a higher --minutes)")

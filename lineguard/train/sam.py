@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from tqdm import tqdm
 
 from lineguard.calibration.dataset import Sample, read_mask
 from lineguard.export.sam.graphs import DecoderGraph, EncoderGraph
+from lineguard.progress import bar
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.errors import InputError
 from lineguard.runtime.imageio import read_image
@@ -135,7 +135,7 @@ def collect(bundle: Bundle, samples: list[Sample], size: int, cfg: SamAdaptConfi
     expert = Expert(bundle)
     rng = np.random.default_rng(cfg.seed)
     out = []
-    for s in tqdm([s for s in samples if s.label], desc="prompts", unit="img", disable=None if progress else True, leave=False):
+    for s in bar([s for s in samples if s.label], desc="prompts", unit="img", progress=progress, leave=False):
         frame = read_image(s.path)
         gt = read_mask(s, frame.shape[:2])
         ex = make_example(frame, gt, expert([frame])[0].anomaly_map, bundle.thresholds, size, cfg, rng)
@@ -173,7 +173,7 @@ def train_sam(sam: Sam, examples: list[Example], cfg: SamAdaptConfig, progress: 
     if not cfg.train_encoder:
         sam.image_encoder.requires_grad_(False)
         with torch.no_grad():
-            for ex in tqdm(examples, desc="embed (frozen encoder)", unit="img", disable=None if progress else True, leave=False):
+            for ex in bar(examples, desc="embed (frozen encoder)", unit="img", progress=progress, leave=False):
                 ex.embedding = enc(torch.from_numpy(np.ascontiguousarray(ex.image[None])))
     loop = Steps([p for p in sam.parameters() if p.requires_grad], cfg.lr, cfg.steps, cfg.minutes, "adapt sam",
                  progress)

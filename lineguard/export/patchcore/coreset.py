@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
+
+from lineguard.progress import bar
 
 
 def greedy_coreset(features: torch.Tensor, k: int, proj_dim: int = 128, seed: int = 0,
@@ -34,7 +35,7 @@ def greedy_coreset(features: torch.Tensor, k: int, proj_dim: int = 128, seed: in
     radius = torch.full((t,), float("inf"))  # its square root
     owner = torch.zeros(t, dtype=torch.long)  # which centre that is
     idx = int(torch.randint(t, (1,), generator=g))
-    for i in tqdm(range(k), desc="coreset", unit="pt", disable=None if progress else True, mininterval=1.0, leave=False):
+    for i in bar(range(k), desc="coreset", unit="pt", progress=progress, mininterval=1.0, leave=False):
         selected[i] = idx
         c = z[idx]
         centres[i] = c

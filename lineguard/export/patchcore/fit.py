@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lineguard.export.patchcore.backbone import load_backbone
 from lineguard.export.patchcore.coreset import greedy_coreset
 from lineguard.export.patchcore.model import IMAGENET_MEAN, IMAGENET_STD, PatchCore
+from lineguard.progress import bar
 from lineguard.runtime.bundle.manifest import InputSpec
 from lineguard.runtime.errors import LineguardError
 from lineguard.runtime.stages.preprocess import to_batch
@@ -58,7 +58,7 @@ def fit_patchcore(images: Sequence[np.ndarray], cfg: PatchCoreConfig,
                       num_neighbors=cfg.num_neighbors, sigma=cfg.sigma).eval()
     spec = input_spec(cfg.size)
     chunks = []
-    for i in tqdm(range(0, len(images), cfg.batch), desc="embed", unit="batch", disable=None if progress else True, leave=False):
+    for i in bar(range(0, len(images), cfg.batch), desc="embed", unit="batch", progress=progress, leave=False):
         x = torch.from_numpy(to_batch(images[i : i + cfg.batch], spec))
         f = model.embed(x)
         chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))

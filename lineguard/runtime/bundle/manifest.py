@@ -36,6 +36,7 @@ class InputSpec:
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    batch: int | None = None  # a graph exported with a fixed batch is fed exactly this many frames
 
     @property
     def channels(self) -> int:
@@ -44,6 +45,8 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.batch is None:  # dynamic, as almost every graph: manifests stay as they were
+            del d["batch"]
         return d
 
     @classmethod
@@ -60,6 +63,7 @@ class InputSpec:
                 scale=float(d.get("scale", 1.0 / 255.0)),
                 mean=tuple(float(v) for v in d.get("mean", (0.485, 0.456, 0.406))),
                 std=tuple(float(v) for v in d.get("std", (0.229, 0.224, 0.225))),
+                batch=None if d.get("batch") is None else int(d["batch"]),
             )
         except KeyError as e:
             raise BundleError(f"manifest.json: {where} lacks {e.args[0]!r}") from None
@@ -73,6 +77,8 @@ class InputSpec:
         ):
             if value not in allowed:
                 raise BundleError(f"manifest.json: {where}.{key} is {value!r}, expected one of {allowed}")
+        if spec.batch is not None and spec.batch <= 0:
+            raise BundleError(f"manifest.json: {where}.batch is {spec.batch}, expected a positive batch or null")
         if spec.height <= 0 or spec.width <= 0:
             raise BundleError(f"manifest.json: {where} size {spec.height}x{spec.width} is not positive")
         if spec.normalize == "runtime" and len(spec.mean) != len(spec.std):

@@ -53,8 +53,9 @@ class Expert:
         if self.spec.name not in self.engine.inputs:
             raise BundleError(f"{self.engine.path}: has no input {self.spec.name!r}")
         batch_dim = self.engine.inputs[self.spec.name].shape[0]
-        # a graph exported with a fixed batch of 1 is fed frame by frame
-        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 64
+        if isinstance(batch_dim, int) and batch_dim > 0:  # fixed at export: fed exactly that many, padded
+            self.spec = replace(self.spec, batch=batch_dim)
+        self.max_batch = self.spec.batch or 64
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[ExpertResult]:
         out: list[ExpertResult] = []
@@ -66,9 +67,10 @@ class Expert:
         x = to_batch(frames, self.spec)
         names = [self.map_name] + ([self.score_name] if self.score_name else [])
         r = self.engine.run({self.spec.name: x}, names)
+        n = len(frames)  # a padded batch's extra rows are dropped here
         maps = r[self.map_name].astype(np.float32, copy=False)
-        maps = maps.reshape(maps.shape[0], *maps.shape[-2:])  # [N,1,h,w] or [N,h,w] → [N,h,w]
-        scores = r[self.score_name].reshape(-1) if self.score_name else maps.reshape(len(maps), -1).max(1)
+        maps = maps.reshape(maps.shape[0], *maps.shape[-2:])[:n]  # [N,1,h,w] or [N,h,w] → [n,h,w]
+        scores = r[self.score_name].reshape(len(x), -1)[:n, 0] if self.score_name else maps.reshape(n, -1).max(1)
         norm, thr = self.bundle.normalization, self.bundle.thresholds
         return [
             ExpertResult(m, float(s), None if (n := normalize(s, norm, thr.get("image"))) is None else float(n),

@@ -53,8 +53,16 @@ def prepare(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def to_batch(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Frames → one input tensor in the spec's layout, dtype and normalisation."""
+    """Frames → one input tensor in the spec's layout, dtype and normalisation.
+
+    A graph with a fixed batch (``spec.batch``) gets exactly that many: a short batch is padded
+    with copies of its last frame, whose results the caller drops.
+    """
+    if spec.batch is not None and not 0 < len(frames) <= spec.batch:
+        raise InputError(f"{len(frames)} frames for a graph with a fixed batch of {spec.batch}")
     x = np.stack([prepare(f, spec) for f in frames])  # N,H,W,C uint8
+    if spec.batch is not None and len(x) < spec.batch:
+        x = np.concatenate([x, np.repeat(x[-1:], spec.batch - len(x), axis=0)])
     if spec.normalize == "runtime" or spec.dtype == "float32":
         x = x.astype(np.float32)
         if spec.normalize == "runtime":
