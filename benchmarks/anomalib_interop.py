@@ -1,7 +1,7 @@
 """anomalib's own exports, imported unmodified: lineguard's scores and maps against anomalib's inference.
 
     python -m benchmarks.anomalib_interop                         # generated parts (no download)
-    python -m benchmarks.anomalib_interop --data ../shared/data/mtd/magnetic_tile --size 256
+    python -m benchmarks.anomalib_interop --data ../shared/data/mtd/magnetic_tile --train-every 5
 
 For PatchCore and PaDiM (resnet18, random backbone: no weights can be downloaded here): fit with
 anomalib's ``Engine`` on the category's ``train/good``, export with anomalib's default ONNX call
@@ -103,6 +103,20 @@ def compare(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> dict[str
     }
 
 
+def subset(category: Path, out: Path, every: int) -> Path:
+    """A category with every n-th training image and the whole test set, as symlinks (nothing copied)."""
+    import shutil
+
+    from lineguard.runtime.imageio import list_images
+
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "train" / "good").mkdir(parents=True)
+    for f in list_images(category / "train" / "good")[::every]:
+        (out / "train" / "good" / f.name).symlink_to(f.resolve())
+    (out / "test").symlink_to((category / "test").resolve())
+    return out
+
+
 def category_images(category: Path) -> tuple[list[Path], np.ndarray]:
     from lineguard.runtime.imageio import list_images
 
@@ -137,6 +151,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="MVTec-layout category (default: generated parts)")
     ap.add_argument("--size", type=int, default=256, help="the size anomalib trains and exports at")
+    ap.add_argument("--train-every", type=int, default=1,
+                    help="fit on every n-th train/good image (anomalib's coreset step is O(bank) per pick)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lineguard-anomalib")
     ap.add_argument("--out", type=Path, default=Path("anomalib_interop.json"))
@@ -146,6 +162,8 @@ def main() -> None:
         from lineguard.synth.tiles import make_dataset
 
         category = make_dataset(a.work / "data", "tile", n_train=24, n_good=8, n_defect=8, size=128, seed=0)
+    if a.train_every > 1:
+        category = subset(category, a.work / "subset" / category.name, a.train_every)
     files, labels = category_images(category)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "data": str(category), "size": a.size,
                               "command": " ".join(["python -m benchmarks.anomalib_interop", *sys.argv[1:]]),

@@ -56,7 +56,7 @@ def test_the_readme_one_liner_takes_the_export_as_written(exported):
     assert (spec.height, spec.width) == (256, 256)  # from the map: the graph resizes any input to it
     # anomalib 2.7's PatchCore export has a fixed batch of 2; PaDiM's is dynamic
     assert spec.batch == (2 if exported["kind"] == "patchcore" else None)
-    assert b.thresholds == {"image": 0.5, "pixel": 0.5} and b.manifest["calibration"]["rule"] == "model"
+    assert b.thresholds == {"image": 0.5, "pixel": 0.5, "strict": True} and b.manifest["calibration"]["rule"] == "model"
     assert "from the model itself" in exported["stdout"]
 
 

@@ -83,14 +83,18 @@ def test_anomalib_shaped_exports_import_as_written(tmp_path, synth, batch):
     spec = b.input_spec("expert")
     assert (spec.height, spec.width, spec.batch) == (64, 64, batch)
     assert b.stage("expert")["options"]["batch"] == (batch or "dynamic")
-    assert b.thresholds == {"image": 0.5, "pixel": 0.5} and b.manifest["calibration"]["rule"] == "model"
+    # a batch of frames of different sizes is resized to the map's size first (one tensor for all)
+    mixed = Expert(b)([_frames(synth, 1)[0], np.zeros((50, 70, 3), np.uint8)])
+    assert [m.anomaly_map.shape for m in (x for x in mixed)] == [(64, 64), (64, 64)]
+    assert b.thresholds == {"image": 0.5, "pixel": 0.5, "strict": True} and b.manifest["calibration"]["rule"] == "model"
     frames = _frames(synth, 5)  # 5 frames: a short last batch for every fixed batch here
     expert = Expert(b)
     assert expert.max_batch == (batch or 64)
     got = expert(frames)
     assert len(got) == 5
+    assert spec.resize == "graph"  # the graph resizes: frames of one size go in as they are
     for frame, r in zip(frames, got):
-        rgb = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)[..., ::-1].copy()
+        rgb = frame[..., ::-1].copy()  # the source module on the frame as it is, as anomalib's inferencer feeds it
         ref_score, ref_label, ref_map, _ = Anomalib()(torch.from_numpy(rgb).float().permute(2, 0, 1)[None] / 255)
         np.testing.assert_allclose(r.anomaly_map, ref_map[0, 0].numpy(), rtol=1e-5, atol=1e-6)
         assert r.score == pytest.approx(float(ref_score), rel=1e-5, abs=1e-7)
@@ -112,7 +116,7 @@ def test_the_model_threshold_is_optional_and_calibrate_can_restore_it(tmp_path, 
     r = lg("calibrate", b, "--rule", "model")
     assert r.returncode == 0, r.stderr
     assert "pred_label = pred_score Greater 0.5" in r.stdout
-    assert Bundle.load(b).thresholds == {"image": 0.5, "pixel": 0.5}
+    assert Bundle.load(b).thresholds == {"image": 0.5, "pixel": 0.5, "strict": True}
 
 
 def test_rule_model_is_refused_for_a_graph_without_its_own_threshold(tmp_path):

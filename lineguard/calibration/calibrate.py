@@ -166,9 +166,10 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
                      normal_scores, defect_scores)
         w.add_file("calibration/calibration.json", "calibration report")
         w.add_file("calibration/calibration.png", "calibration plot")
-        w.manifest["thresholds"] = {"image": t["image"], **({"pixel": t["pixel"]} if "pixel" in t else {})}
+        w.manifest["thresholds"] = {"image": t["image"], **({"pixel": t["pixel"]} if "pixel" in t else {}),
+                                    **({"strict": True} if t.get("strict") else {})}
         w.manifest["normalization"] = norm
-        w.manifest["calibration"] = {k: v for k, v in t.items() if k not in ("image", "pixel")} | {
+        w.manifest["calibration"] = {k: v for k, v in t.items() if k not in ("image", "pixel", "strict")} | {
             "report": "calibration/calibration.json"}
     if report_dir:
         report.write(Path(report_dir) / "calibration.json", Path(report_dir) / "calibration.png", rep,

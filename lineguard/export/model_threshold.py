@@ -54,6 +54,8 @@ def model_thresholds(m: onnx.ModelProto, score: str | None, anomaly_map: str) ->
     pixel = compared_with(m, anomaly_map)
     t = image["threshold"]
     thresholds = {"image": t} | ({"pixel": pixel["threshold"]} if pixel else {})
+    if image["op"] == "Greater":  # the graph's own comparison: a score equal to t is good
+        thresholds["strict"] = True
     record = {"rule": "model", "images": 0, "image_from": f"{image['output']} = {score} {image['op']} {t:g}"}
     if pixel:
         record["pixel_from"] = f"{pixel['output']} = {anomaly_map} {pixel['op']} {pixel['threshold']:g}"

@@ -44,11 +44,11 @@ def resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def prepare(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """One frame → (H, W, C) uint8 at the spec's size and colour order."""
+def prepare(frame: np.ndarray, spec: InputSpec, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One frame → (H, W, C) uint8 in the spec's colour order, at ``size`` (default: the spec's)."""
     if frame.ndim < 2 or frame.shape[0] < 1 or frame.shape[1] < 1:
         raise InputError(f"frame shape {tuple(frame.shape)} has no pixels")
-    img = resize(convert_color(frame, spec.color), spec.height, spec.width)
+    img = resize(convert_color(frame, spec.color), *(size or (spec.height, spec.width)))
     return img[:, :, None] if img.ndim == 2 else img
 
 
@@ -60,7 +60,10 @@ def to_batch(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """
     if spec.batch is not None and not 0 < len(frames) <= spec.batch:
         raise InputError(f"{len(frames)} frames for a graph with a fixed batch of {spec.batch}")
-    x = np.stack([prepare(f, spec) for f in frames])  # N,H,W,C uint8
+    sizes = {f.shape[:2] for f in frames}
+    # a graph that resizes itself gets frames as they are, when the batch shares one size
+    size = next(iter(sizes)) if spec.resize == "graph" and len(sizes) == 1 else None
+    x = np.stack([prepare(f, spec, size) for f in frames])  # N,H,W,C uint8
     if spec.batch is not None and len(x) < spec.batch:
         x = np.concatenate([x, np.repeat(x[-1:], spec.batch - len(x), axis=0)])
     if spec.normalize == "runtime" or spec.dtype == "float32":

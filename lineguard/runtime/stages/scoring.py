@@ -27,8 +27,13 @@ def normalize(raw: float | np.ndarray, norm: dict[str, Any], threshold: float | 
 
 
 def verdict(raw: float, thresholds: dict[str, Any]) -> str | None:
-    """"defect" or "good" by the image threshold, or None when there is none yet."""
+    """"defect" or "good" by the image threshold, or None when there is none yet.
+
+    A score at the threshold is a defect, unless ``strict`` (kept from a graph that decided with
+    ``score > t``, as anomalib's do: a score equal to its threshold is good there, and here).
+    """
     t = thresholds.get("image")
     if t is None:
         return None
-    return "defect" if raw >= float(t) else "good"
+    flagged = raw > float(t) if thresholds.get("strict") else raw >= float(t)
+    return "defect" if flagged else "good"
