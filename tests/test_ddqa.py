@@ -273,8 +273,15 @@ def test_eval_end_to_end_through_the_runtime_and_the_llm(full_bundle, synth, tmp
     n_defect_images = sum(a["task"] == "AD" and a["answer"] == "yes" for a in rep["answers"])
     assert rep["table"][name]["n"]["DC"] + rep["dc_excluded_fit_images"] == n_defect_images
     assert rep["dc_excluded_fit_images"] == len(DEFECTS)  # one shot per type fitted it
-    assert 0.0 <= rep["grounding_rate"] <= 1.0 and rep["explanations"] >= 1
-    # each checked explanation is in the report, and the rate is theirs
-    assert len(rep["explained"]) == rep["explanations"] and all(e["text"] is not None for e in rep["explained"])
-    assert rep["grounding_rate"] == pytest.approx(np.mean([e["consistent"] for e in rep["explained"]]), abs=5e-4)
+    # both ways in one run; each checked explanation is in the report, and the rates are theirs
+    assert rep["explanations"] >= 1 and len(rep["explained"]) == 2 * rep["explanations"]
+    assert all(e["text"] for e in rep["explained"])
+    for mode, rates in rep["explanation_rates"].items():
+        mine = [e for e in rep["explained"] if e["mode"] == mode]
+        assert rates["consistent_percent"] == pytest.approx(100 * np.mean([e["consistent"] for e in mine]), abs=0.051)
+        assert rates["complete_percent"] == pytest.approx(100 * np.mean([e["complete"] for e in mine]), abs=0.051)
+    # the tiny random-weight LM of this bundle, constrained: nothing wrong and nothing owed, every time
+    assert rep["explanation_rates"]["constrained"]["consistent_percent"] == 100.0
+    assert rep["explanation_rates"]["constrained"]["complete_percent"] == 100.0
+    assert "explanations constrained:" in r.stdout
     assert "AD" in r.stdout and "random chance" in r.stdout

@@ -83,7 +83,7 @@ def test_anomalib_shaped_exports_import_as_written(tmp_path, synth, batch):
     spec = b.input_spec("expert")
     assert (spec.height, spec.width, spec.batch) == (64, 64, batch)
     assert b.stage("expert")["options"]["batch"] == (batch or "dynamic")
-    # a batch of frames of different sizes is resized to the map's size first (one tensor for all)
+    # frames of different sizes: each run of one size is fed as it is
     mixed = Expert(b)([_frames(synth, 1)[0], np.zeros((50, 70, 3), np.uint8)])
     assert [m.anomaly_map.shape for m in (x for x in mixed)] == [(64, 64), (64, 64)]
     assert b.thresholds == {"image": 0.5, "pixel": 0.5, "strict": True} and b.manifest["calibration"]["rule"] == "model"
@@ -92,7 +92,7 @@ def test_anomalib_shaped_exports_import_as_written(tmp_path, synth, batch):
     assert expert.max_batch == (batch or 64)
     got = expert(frames)
     assert len(got) == 5
-    assert spec.resize == "graph"  # the graph resizes: frames of one size go in as they are
+    assert spec.any_size  # the graph resizes: frames of one size go in as they are
     for frame, r in zip(frames, got):
         rgb = frame[..., ::-1].copy()  # the source module on the frame as it is, as anomalib's inferencer feeds it
         ref_score, ref_label, ref_map, _ = Anomalib()(torch.from_numpy(rgb).float().permute(2, 0, 1)[None] / 255)

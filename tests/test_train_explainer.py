@@ -46,8 +46,8 @@ def test_explainer_is_a_real_checkpoint_that_learned(trained):
 
 def test_augmented_findings_keep_the_reference_grounded():
     """Other scores, a class withheld: the reference written for them still passes the runtime's check."""
-    from lineguard.ddqa.corpus import reference
     from lineguard.runtime.stages.grounding import check
+    from lineguard.runtime.stages.reference import reference
     from lineguard.train.explainer import augment
 
     f = {"product": "tile", "verdict": "defect", "score": 1.0, "size": [100, 100],

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from lineguard.cli.options import device_args, engine_args, positive
+from lineguard.cli.options import constrain_arg, device_args, engine_args, positive
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import LineguardError
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--sam-mode", choices=["roi", "frame"], default="roi",
                    help="SAM encodes a crop around the flagged regions (roi) or the whole frame")
     i.add_argument("--explain", action="store_true", help="explain flagged frames with the bundle's LLM")
+    constrain_arg(i)
     engine_args(i)
     i.set_defaults(run=cmd_inspect)
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--time-budget", type=positive(float), help="seconds per explanation")
     device_args(x, default="cpu", choices=("auto", "cpu", "cuda"))
     x.add_argument("--json", action="store_true", help="print JSON instead of streaming text")
+    constrain_arg(x)
     x.set_defaults(run=cmd_explain)
 
     n = sub.add_parser("info", help="verify a bundle and print what it holds")
@@ -56,7 +58,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         raise LineguardError(f"--explain: {bundle.root} has no llm stage (lineguard export llm adds one)")
     opts = EngineOptions(device=a.device, threads=a.threads)
     results = inspect_files(bundle, a.images, a.out, a.precision, opts, top_k=a.top_k, sam_mode=a.sam_mode,
-                            explain=a.explain)
+                            explain=a.explain, constrain=a.constrain)
     if a.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -69,7 +71,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
     from lineguard.runtime.bundle import Bundle
     from lineguard.runtime.stages.explain import Explainer
 
-    ex = Explainer(Bundle.load(a.bundle), a.precision, EngineOptions(device=a.device, threads=a.threads))
+    ex = Explainer(Bundle.load(a.bundle), a.precision, EngineOptions(device=a.device, threads=a.threads),
+                   constrain=a.constrain)
     over = {k: v for k, v in (("max_new_tokens", a.max_new_tokens), ("temperature", a.temperature),
                               ("top_p", a.top_p), ("seed", a.seed), ("time_budget_s", a.time_budget)) if v is not None}
     try:
@@ -99,6 +102,9 @@ def cmd_explain(a: argparse.Namespace) -> int:
             print(f"{r.get('path', 'frame')}: ", end="", flush=True)
         e = ex.explain(r, None if a.json else (lambda t: print(t, end="", flush=True)), **over)
         if not a.json:
+            if e["source"] == "rules":  # the model's text (streamed above) owed something: the rules' instead
+                print(f"\n  [the model did not say the position and type within its budget; published instead: "
+                      f"{e['text']}]", end="")
             print("" if e["consistent"] else f"\n  [inconsistent with the findings: {e['reason']}]")
         out.append(e)
     if a.json:

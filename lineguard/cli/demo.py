@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lineguard.cli.options import positive
+from lineguard.cli.options import constrain_arg, positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--rebuild", action="store_true", help="build the default bundle again, even if cached")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.add_argument("--seed", type=int, default=0)
+    constrain_arg(d)
     d.set_defaults(run=cmd_demo)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from lineguard.demo.main import run_demo
 
-    return run_demo(a.out, a.bundle, a.duration, a.rate, a.cache, a.rebuild, a.quiet, a.seed, a.json)
+    return run_demo(a.out, a.bundle, a.duration, a.rate, a.cache, a.rebuild, a.quiet, a.seed, a.json, a.constrain)

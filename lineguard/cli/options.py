@@ -53,6 +53,12 @@ def engine_args(p: argparse.ArgumentParser) -> None:
     device_args(p)
 
 
+def constrain_arg(p: argparse.ArgumentParser) -> None:
+    """Grounded decoding: on by default (the bundle's setting); off only to compare."""
+    p.add_argument("--no-constrain", dest="constrain", action="store_const", const=False, default=None,
+                   help="let the LLM name positions and types the findings contradict (for comparison)")
+
+
 def needs(extra: str, *modules: str) -> None:
     """Refuse, in one line, a command whose extra is not installed (the station installs the runtime alone)."""
     import importlib

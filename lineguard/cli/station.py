@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lineguard.cli.options import engine_args, positive
+from lineguard.cli.options import constrain_arg, engine_args, positive
 from lineguard.runtime.errors import LineguardError
 
 
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="expert sessions side by side, the cores split between them (0: CPU one per core up to 4)")
     sv.add_argument("--spinning", action="store_true", help="let ONNX Runtime's workers spin (off: they yield)")
     sv.add_argument("--no-explain", action="store_true", help="serve without the LLM stage")
+    constrain_arg(sv)
     sv.add_argument("--no-sam", action="store_true", help="serve without SAM (masks from the expert's map)")
     sv.add_argument("--artifacts", help="folder for a mask PNG and overlay JPEG per flagged frame")
     sv.add_argument("--keep-artifacts", type=positive(int), default=1000, help="frames whose artefacts are kept")
@@ -92,7 +93,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from lineguard.runtime.station.server import Endpoints, Server
 
     cfg = ServeConfig(precision=a.precision, device=a.device, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
-                      defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain,
+                      defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain, constrain=a.constrain,
                       sam_precision=a.sam_precision, masks=not a.no_sam, expert_workers=a.expert_workers, background_threads=a.background_threads,
                       background_nice=a.background_nice,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)

@@ -185,7 +185,8 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     hits: dict[str, dict[str, list[bool]]] = {s: defaultdict(list) for s in systems}
     ious: dict[str, list[float]] = {s: [] for s in systems}
     answered: dict[str, int] = {s: 0 for s in systems}  # answers given in a readable form
-    excluded, grounded, rows, explanations = 0, [], [], []
+    excluded, rows, explanations = 0, [], []
+    grounded: dict[str, list[tuple[bool, bool, bool]]] = {"constrained": [], "unconstrained": []}
     for (base, rel), qs in bar(images, desc="ddqa eval", unit="img", progress=progress):
         path = Path(base) / rel
         try:
@@ -215,9 +216,12 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
                     ious[s].append(iou)
             rows.append({"id": q.get("id"), "task": q["task"], "answer": q["answer"], "predicted": preds})
         if rt.explainer and res["verdict"] == "defect":
-            e = rt.explainer.explain(res)
-            grounded.append(bool(e["consistent"]))
-            explanations.append({"image": rel, "text": e["text"], "consistent": e["consistent"], "reason": e["reason"]})
+            for mode, constrained in (("constrained", True), ("unconstrained", False)):  # one run, both ways
+                e = rt.explainer.explain(res, constrain=constrained)
+                grounded[mode].append((bool(e["consistent"]), bool(e["complete"]), e["source"] == "rules"))
+                explanations.append({"image": rel, "mode": mode, "text": e["text"], "consistent": e["consistent"],
+                                     "complete": e["complete"], "source": e["source"], "reason": e["reason"],
+                                     "decode_tok_s": e["decode_tok_s"]})
     table = {s: {t: (round(100 * float(np.mean(hits[s][t])), 1) if hits[s][t] else None) for t in TASKS} |
              {"DFM_mIoU": round(float(np.mean(ious[s])), 3) if ious[s] else None,
               "n": {t: len(hits[s][t]) for t in TASKS},
@@ -225,8 +229,17 @@ def evaluate(bundle_path: str | Path, ddqa_path: str | Path, precision: str = "f
     table["random chance"] = {t: (round(100 * c, 1) if (c := chance(t, recs)) is not None else None) for t in TASKS}
     return {"bundle": str(bundle.root), "ddqa": str(ddqa_path), "precision": precision, "images": len(images),
             "table": table, "dc_excluded_fit_images": excluded, "thresholds_tuned_on_this_data": tuned_here,
-            "grounding_rate": round(float(np.mean(grounded)), 3) if grounded else None,
-            "explanations": len(grounded), "explained": explanations, "problems": problems, "answers": rows}
+            "explanation_rates": {mode: _rates(g) for mode, g in grounded.items() if g},
+            "explanations": len(grounded["constrained"]), "explained": explanations, "problems": problems,
+            "answers": rows}
+
+
+def _rates(g: list[tuple[bool, bool, bool]]) -> dict[str, float]:
+    """Percent consistent (names nothing wrong), complete (names what it must), and rule-written."""
+    a = np.asarray(g, bool)
+    return {"consistent_percent": round(100 * float(a[:, 0].mean()), 1),
+            "complete_percent": round(100 * float(a[:, 1].mean()), 1),
+            "rules_percent": round(100 * float(a[:, 2].mean()), 1)}
 
 
 def describe_table(rep: dict[str, Any]) -> str:
@@ -239,8 +252,10 @@ def describe_table(rep: dict[str, Any]) -> str:
     for name, row in rep["table"].items():
         if "answered" in row and row["answered"] < 1:
             lines.append(f"{name}: {100 * row['answered']:.1f}% of the questions answered in a readable form")
-    if rep["grounding_rate"] is not None:
-        lines.append(f"explanations grounded: {100 * rep['grounding_rate']:.1f}% of {rep['explanations']}")
+    for mode, r in rep.get("explanation_rates", {}).items():
+        lines.append(f"explanations {mode + ':':<15} consistent {r['consistent_percent']:.1f}%, complete "
+                     f"{r['complete_percent']:.1f}% of {rep['explanations']}"
+                     + (f" ({r['rules_percent']:.1f}% rule-written)" if mode == "constrained" else ""))
     if rep.get("thresholds_tuned_on_this_data"):
         lines.append("note: the thresholds were tuned (f1 rule) on these images: AD, RDL and DFM are optimistic")
     if rep["dc_excluded_fit_images"]:

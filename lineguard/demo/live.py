@@ -33,7 +33,8 @@ def live_line(kind: str, r: FrameResult, truth: str) -> str | None:
     if kind == "masks":
         return f"{'':29s}masks at {r.cell or '-'}" + (f", class {r.cls}" if r.cls else "")
     if kind == "explanation":
-        return f"{'':29s}explanation: {r.explanation!r}" + ("" if r.consistent else "  [not grounded]")
+        return (f"{'':29s}explanation: {r.explanation!r}" + ("  [rule-written]" if r.source == "rules" else "")
+                + ("" if r.consistent else "  [not grounded]"))
     return None
 
 
@@ -69,13 +70,14 @@ class Camera:
 
 
 def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float | None, quiet: bool = False,
-             explain_wait: float = 60.0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             explain_wait: float = 60.0, extra: dict[str, Any] | None = None,
+             serve_args: list[str] | None = None) -> dict[str, Any]:
     truth = read_truth(video.with_name("line.csv"))
     n_video = len(truth)
     frames = max(1, int(round(rate * duration))) if duration else n_video
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "serve.log", "w")
-    server = Served(str(bundle), ["--artifacts", str(out / "overlays"), "--keep-artifacts", "200"],
+    server = Served(str(bundle), ["--artifacts", str(out / "overlays"), "--keep-artifacts", "200", *(serve_args or [])],
                     stderr=log, new_session=True)
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)

@@ -28,6 +28,8 @@ class FrameResult:
     masks_at: float | None = None
     explanation: str | None = None
     consistent: bool | None = None
+    complete: bool | None = None
+    source: str | None = None  # "model", or "rules" when the model's text owed the position or type
     error: str | None = None
     late_error: str | None = None
 
@@ -42,6 +44,7 @@ class FrameResult:
         if topic == "explanation":
             e = body.get("explanation", {})
             self.explanation, self.consistent = e.get("text"), e.get("consistent")
+            self.complete, self.source = e.get("complete"), e.get("source")
             return "explanation"
         if body.get("update") == "masks":
             defects = body.get("defects", [])
@@ -114,7 +117,11 @@ def summarize(results: list[FrameResult], truth: list[FrameTruth], sent: dict[st
         "ddqa_accuracy": {k: _share(v) for k, v in tasks.items()},
         "ddqa_questions": {k: len(v) for k, v in tasks.items()},
         "explanations": len(explained),
-        "grounded_percent": _share([bool(r.consistent) for r in explained]),
+        # consistent: names nothing the findings contradict; complete: names the main finding's
+        # position and type; rule-written: the model's text owed one of them, the rules' was published
+        "consistent_percent": _share([bool(r.consistent) for r in explained]),
+        "complete_percent": _share([bool(r.complete) for r in explained]),
+        "rules_percent": _share([r.source == "rules" for r in explained]),
         "masks_dropped": sum(r.late_error == "dropped_defects" for r in got),
         "explanations_dropped": sum(r.late_error == "dropped_explanation" for r in got),
         "server": {k: stats.get(k) for k in ("drained", "verdicts", "errors", "dropped") if k in stats},
@@ -132,7 +139,8 @@ def describe(s: dict[str, Any]) -> str:
         f"on {s['parts_seen']} parts seen centred ({s['centred_frames']} frames): image AUROC {fmt(s['image_auroc'])}, "
         f"pixel F1 {fmt(s['pixel_f1'])}",
         f"DDQA accuracy %: AD {fmt(acc['AD'])}  RDL {fmt(acc['RDL'])}  DFM {fmt(acc['DFM'])}  DC {fmt(acc['DC'])}",
-        f"explanations {s['explanations']}, grounded {fmt(s['grounded_percent'])}%"
+        f"explanations {s['explanations']}: consistent {fmt(s['consistent_percent'])}%, complete "
+        f"{fmt(s['complete_percent'])}% ({fmt(s['rules_percent'])}% rule-written)"
         + (f"; dropped: {s['masks_dropped']} masks, {s['explanations_dropped']} explanations"
            if s["masks_dropped"] or s["explanations_dropped"] else ""),
     ]

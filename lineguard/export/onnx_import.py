@@ -143,7 +143,7 @@ def import_onnx_expert(model: str | Path, out: str | Path, product: str | None =
         dtype="float32" if is_float else "uint8", color=color,
         normalize="runtime" if is_float else "in_graph",
         mean=tuple(mean or (0.0,) * ch), std=tuple(std or (1.0,) * ch), batch=fixed,
-        resize="graph" if size_from.startswith("output") else "runtime",
+        any_size=size_from.startswith("output"),
     )
     if len(spec.mean) != ch or len(spec.std) != ch:
         raise LineguardError(f"--mean/--std need {ch} value(s) for a {ch}-channel input")
@@ -201,7 +201,7 @@ def describe_import(bundle: str | Path) -> str:
     b = Bundle.load(bundle)
     spec, opts = b.input_spec("expert"), b.stage("expert")["options"]
     size = (f"any size, {spec.color} {spec.dtype}: the graph resizes to {spec.height}x{spec.width} (its anomaly "
-            "map's size), so frames go in as they are" if spec.resize == "graph" else
+            "map's size), so frames go in as they are" if spec.any_size else
             f"{spec.height}x{spec.width} {spec.color} {spec.dtype} (from {opts['input_size_from']})")
     lines = [f"product   {b.product}", f"input     {size}",
              f"batch     {opts['batch']}" + (" (a short batch is padded and the padding dropped)" if spec.batch else "")]

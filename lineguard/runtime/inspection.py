@@ -56,10 +56,10 @@ def load_sam(bundle: Bundle, precision: str, opts: EngineOptions | None, asked: 
     return SamStage(bundle, sam_precision(bundle, precision, asked), opts)
 
 
-def load_explainer(bundle: Bundle, opts: EngineOptions | None) -> Any:
+def load_explainer(bundle: Bundle, opts: EngineOptions | None, constrain: bool | None = None) -> Any:
     from lineguard.runtime.stages.explain import Explainer
 
-    return Explainer(bundle, opts=opts)
+    return Explainer(bundle, opts=opts, constrain=constrain)
 
 
 @dataclass
@@ -91,9 +91,9 @@ class Inspector:
 
     @classmethod
     def load(cls, bundle: Bundle, precision: str = "fp32", opts: EngineOptions | None = None, masks: bool = True,
-             explain: bool = False, top_k: int = 3, sam_mode: str = "roi") -> Inspector:
+             explain: bool = False, top_k: int = 3, sam_mode: str = "roi", constrain: bool | None = None) -> Inspector:
         sam = load_sam(bundle, precision, opts) if masks and bundle.has_stage("sam") else None
-        explainer = load_explainer(bundle, opts) if explain and bundle.has_stage("llm") else None
+        explainer = load_explainer(bundle, opts, constrain) if explain and bundle.has_stage("llm") else None
         return cls(bundle, Expert(bundle, precision, opts), sam, from_bundle(bundle), explainer, top_k, sam_mode)
 
     # ---- the steps, each callable on its own (the station runs them in different threads) ----

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lineguard.ddqa.corpus import reference
 from lineguard.export.llm.tiny import save_checkpoint, tiny_config, train_tokenizer, wrap_tokenizer
 from lineguard.progress import bar
 from lineguard.runtime.errors import InputError
 from lineguard.runtime.stages.findings import GRID
 from lineguard.runtime.stages.grounding import GENERIC_CLASSES, check
 from lineguard.runtime.stages.prompting import DEFAULT_PROMPT, PromptBuilder
+from lineguard.runtime.stages.reference import reference
 from lineguard.train.loop import Steps
 
 log = logging.getLogger("lineguard.train")

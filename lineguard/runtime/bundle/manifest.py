@@ -37,9 +37,9 @@ class InputSpec:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     batch: int | None = None  # a graph exported with a fixed batch is fed exactly this many frames
-    # "graph": the graph takes any size and resizes inside (anomalib's exports), so frames of one
-    # size are fed as they are and scored exactly as their source scores them
-    resize: str = "runtime"
+    # the graph takes any size and resizes inside (anomalib's exports): frames of one size are
+    # fed as they are, and scored exactly as their source scores them
+    any_size: bool = False
 
     @property
     def channels(self) -> int:
@@ -50,8 +50,8 @@ class InputSpec:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if self.batch is None:  # dynamic, as almost every graph: manifests stay as they were
             del d["batch"]
-        if self.resize == "runtime":
-            del d["resize"]
+        if not self.any_size:
+            del d["any_size"]
         return d
 
     @classmethod
@@ -69,7 +69,7 @@ class InputSpec:
                 mean=tuple(float(v) for v in d.get("mean", (0.485, 0.456, 0.406))),
                 std=tuple(float(v) for v in d.get("std", (0.229, 0.224, 0.225))),
                 batch=None if d.get("batch") is None else int(d["batch"]),
-                resize=str(d.get("resize", "runtime")),
+                any_size=bool(d.get("any_size", False)),
             )
         except KeyError as e:
             raise BundleError(f"manifest.json: {where} lacks {e.args[0]!r}") from None
@@ -80,7 +80,6 @@ class InputSpec:
             ("dtype", spec.dtype, ("uint8", "float32")),
             ("color", spec.color, ("BGR", "RGB", "GRAY")),
             ("normalize", spec.normalize, ("in_graph", "runtime")),
-            ("resize", spec.resize, ("runtime", "graph")),
         ):
             if value not in allowed:
                 raise BundleError(f"manifest.json: {where}.{key} is {value!r}, expected one of {allowed}")

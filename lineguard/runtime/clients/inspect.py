@@ -37,13 +37,14 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 
 def inspect_files(bundle: Bundle, paths: Sequence[str | Path], out_dir: str | Path | None = None,
                   precision: str = "fp32", opts: EngineOptions | None = None, batch: int = 8, top_k: int = 3,
-                  sam_mode: str = "roi", explain: bool = False) -> list[dict[str, Any]]:
+                  sam_mode: str = "roi", explain: bool = False, constrain: bool | None = None) -> list[dict[str, Any]]:
     """Inspect each file; unreadable ones get ``{"path", "error"}`` and the rest go on.
 
     Frames the calibrated expert flags get ``defects`` (masks from SAM where the bundle has it,
     else from the thresholded map), and a mask PNG with ``out_dir``; with ``explain``, an explanation.
     """
-    inspector = Inspector.load(bundle, precision, opts, explain=explain, top_k=top_k, sam_mode=sam_mode)
+    inspector = Inspector.load(bundle, precision, opts, explain=explain, top_k=top_k, sam_mode=sam_mode,
+                               constrain=constrain)
     pixel_t = bundle.thresholds.get("pixel")
     out = Path(out_dir) if out_dir else None
     if out:

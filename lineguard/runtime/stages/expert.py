@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,12 @@ class Expert:
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[ExpertResult]:
         out: list[ExpertResult] = []
-        for i in range(0, len(frames), self.max_batch):
-            out.extend(self._run(frames[i : i + self.max_batch]))
+        # a graph that resizes itself is fed runs of one frame size (in order), each as it is
+        runs = [list(g) for _, g in groupby(frames, key=lambda f: f.shape[:2])] if self.spec.any_size \
+            else [frames]
+        for run in runs:
+            for i in range(0, len(run), self.max_batch):
+                out.extend(self._run(run[i : i + self.max_batch]))
         return out
 
     def _run(self, frames: Sequence[np.ndarray]) -> list[ExpertResult]:

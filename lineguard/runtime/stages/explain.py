@@ -7,18 +7,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import BundleError
-from lineguard.runtime.stages.grounding import check
+from lineguard.runtime.stages.constrain import Guard
+from lineguard.runtime.stages.grounding import check, complete
 from lineguard.runtime.stages.llm import CausalLM, Sampling
 from lineguard.runtime.stages.prompting import DEFAULT_PROMPT, PromptBuilder, findings_for_prompt
+from lineguard.runtime.stages.reference import reference
 
 
 class Explainer:
     """Loads the ``llm`` stage of a bundle at ``precision`` (default: the smallest it has)."""
 
-    def __init__(self, bundle: Bundle, precision: str | None = None, opts: EngineOptions | None = None) -> None:
+    def __init__(self, bundle: Bundle, precision: str | None = None, opts: EngineOptions | None = None,
+                 constrain: bool | None = None) -> None:
+        """``constrain``: grounded decoding on or off (default: the bundle's ``prompt.constrain``, on)."""
         stage = bundle.stage("llm")
         variants = stage["variants"]
         precision = precision or next(p for p in ("int4", "fp16", "fp32") if p in variants)
@@ -38,6 +44,7 @@ class Explainer:
             raise BundleError(f"{bundle.root}/manifest.json: stages.llm.prompt or the chat template does not "
                               f"parse ({type(e).__name__}: {e})") from None
         self.product = bundle.product
+        self.constrain = bool(prompt.get("constrain", True)) if constrain is None else constrain
         self.classes = list(bundle.manifest.get("classes", {}).get("names", []))
         try:
             self.sampling = Sampling(**prompt.get("sampling", {}),
@@ -51,8 +58,13 @@ class Explainer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def explain(self, result: dict[str, Any], on_text: Callable[[str], None] | None = None,
-                **sampling: Any) -> dict[str, Any]:
-        """Explain one inspected frame (an ``inspect`` result); ``sampling`` overrides the bundle's."""
+                constrain: bool | None = None, **sampling: Any) -> dict[str, Any]:
+        """Explain one inspected frame (an ``inspect`` result); ``sampling`` overrides the bundle's.
+
+        Constrained (the bundle's default, or ``constrain``): the decoder cannot contradict the
+        findings, and an explanation that still owes the main finding's position or type when
+        its budget runs out is replaced by the rule-written one (``source: "rules"``).
+        """
         findings = findings_for_prompt(result, self.product)
         s = dataclasses.replace(self.sampling, **sampling)
         ids = self.prompt_ids(findings)
@@ -67,10 +79,18 @@ class Explainer:
                 on_text(text[len(shown):])
                 shown = text
 
+        guard = Guard(findings, self.classes, self.tokenizer.decode) if (
+            self.constrain if constrain is None else constrain) else None
         t0 = time.perf_counter()
-        gen = self.lm.generate(ids, s, stream if on_text else None)  # nobody streams: decode once, at the end
-        text = self.tokenizer.decode(gen.ids).strip()
-        return {"text": text, **check(text, findings, self.classes), "precision": self.precision,
+        gen = self.lm.generate(ids, s, stream if on_text else None, guard)  # nobody streams: decode once, at the end
+        text, source = self.tokenizer.decode(gen.ids).strip(), "model"
+        grounded = check(text, findings, self.classes)
+        done = complete(text, findings)
+        if guard is not None and not (grounded["consistent"] and done):
+            text, source = reference(findings, np.random.default_rng(0)), "rules"
+            grounded, done = check(text, findings, self.classes), complete(text, findings)
+        return {"text": text, **grounded, "complete": done, "source": source, "constrained": guard is not None,
+                "refused_tokens": guard.refused if guard else 0, "precision": self.precision,
                 "prompt_tokens": gen.prompt_tokens, "new_tokens": len(gen.ids), "stop": gen.stop,
                 "prefill_ms": round(1e3 * gen.prefill_s, 1), "decode_tok_s": round(gen.decode_tok_s, 1),
                 "seconds": round(time.perf_counter() - t0, 3)}

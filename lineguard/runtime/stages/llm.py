@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lineguard.runtime.bundle.engine import Engine, EngineOptions
+from lineguard.runtime.stages.constrain import Guard
 
 
 @dataclass
@@ -43,7 +44,8 @@ class Sampling:
 @dataclass
 class Generation:
     ids: list[int]
-    stop: str  # "stop_token", "max_new_tokens", "time_budget" or "context" (the model's length is used up)
+    stop: str  # "stop_token", "max_new_tokens", "time_budget", "context" (the model's length is used up)
+    # or "constraint" (the guard allowed none of the best candidates)
     prompt_tokens: int
     prefill_s: float
     decode_s: float
@@ -59,10 +61,8 @@ class Generation:
         return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
 
 
-def pick(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
-    """Greedy, or temperature + nucleus (top-p) sampling, from one logit row."""
-    if s.temperature == 0:
-        return int(np.argmax(logits))
+def _probs(logits: np.ndarray, s: Sampling) -> np.ndarray:
+    """Temperature, then nucleus (top-p): the distribution a sample is drawn from."""
     z = logits.astype(np.float64) / s.temperature
     p = np.exp(z - z.max())
     p /= p.sum()
@@ -73,7 +73,37 @@ def pick(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
         mask[order[keep]] = True
         p = np.where(mask, p, 0.0)
         p /= p.sum()
-    return int(rng.choice(p.size, p=p))
+    return p
+
+
+def pick(logits: np.ndarray, s: Sampling, rng: np.random.Generator,
+         admissible: Callable[[int], bool] | None = None, candidates: int = 64) -> int | None:
+    """Greedy, or temperature + nucleus (top-p) sampling, from one logit row.
+
+    With ``admissible``: the best admissible token (greedy), or a sample from the admissible ones
+    (a refused token's probability goes to the rest, as masking its logit would). None when none
+    of the ``candidates`` best is admissible. Without it, exactly the unconstrained choice.
+    """
+    if s.temperature == 0:
+        tok = int(np.argmax(logits))
+        if admissible is None or admissible(tok):
+            return tok
+        k = min(candidates, logits.size)
+        top = np.argpartition(-logits, k - 1)[:k]  # no full sort of a 150k vocabulary per step
+        for t in top[np.argsort(-logits[top], kind="stable")]:
+            if int(t) != tok and admissible(int(t)):
+                return int(t)
+        return None
+    p = _probs(logits, s)
+    for _ in range(candidates):
+        tok = int(rng.choice(p.size, p=p))
+        if admissible is None or admissible(tok):
+            return tok
+        p[tok] = 0.0
+        if p.sum() <= 0:
+            break
+        p /= p.sum()
+    return None
 
 
 class CausalLM:
@@ -102,7 +132,9 @@ class CausalLM:
         return out[0][0, -1], dict(zip(self.past_names, out[1:]))
 
     def generate(self, prompt_ids: list[int], sampling: Sampling | None = None,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+                 on_token: Callable[[int], None] | None = None, guard: Guard | None = None) -> Generation:
+        """``guard``: asked before each token and before stopping (grounded decoding); without it,
+        the choice is the plain greedy or sampled one."""
         s = sampling or Sampling()
         s.validate()
         if not prompt_ids:
@@ -116,8 +148,15 @@ class CausalLM:
         ids: list[int] = []
         total = len(prompt_ids)
         stop = "max_new_tokens"
+        def admissible(tok: int) -> bool:
+            assert guard is not None
+            return guard.may_stop(ids) if tok in s.stop_ids else guard.accepts(ids, tok)
+
         while True:
-            tok = pick(logits, s, rng)
+            tok = pick(logits, s, rng, admissible if guard else None)
+            if tok is None:  # nothing the guard allows among the best candidates
+                stop = "constraint"
+                break
             if tok in s.stop_ids:
                 stop = "stop_token"
                 break

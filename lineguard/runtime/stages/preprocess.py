@@ -62,7 +62,7 @@ def to_batch(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
         raise InputError(f"{len(frames)} frames for a graph with a fixed batch of {spec.batch}")
     sizes = {f.shape[:2] for f in frames}
     # a graph that resizes itself gets frames as they are, when the batch shares one size
-    size = next(iter(sizes)) if spec.resize == "graph" and len(sizes) == 1 else None
+    size = next(iter(sizes)) if spec.any_size and len(sizes) == 1 else None
     x = np.stack([prepare(f, spec, size) for f in frames])  # N,H,W,C uint8
     if spec.batch is not None and len(x) < spec.batch:
         x = np.concatenate([x, np.repeat(x[-1:], spec.batch - len(x), axis=0)])

@@ -27,6 +27,9 @@ DEFAULT_PROMPT: dict[str, Any] = {
         "Explain the defect."
     ),
     "sampling": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "time_budget_s": 10.0},
+    # grounded decoding (stages/constrain.py): no position, type or "normal" the findings contradict,
+    # and no end before the main finding's position and type are said
+    "constrain": True,
 }
 
 

@@ -70,6 +70,7 @@ class ServeConfig:
     top_k: int = 3
     sam_mode: str = "roi"
     explain: bool = True
+    constrain: bool | None = None  # grounded decoding; None: the bundle's setting (on)
     masks: bool = True  # False: no SAM even where the bundle has it (masks from the expert's map)
     limits: Limits = field(default_factory=Limits)
     artifacts: str | None = None  # mask PNG + overlay JPEG per flagged frame
@@ -89,7 +90,7 @@ class Pipeline:
         self.health["expert"] = f"ok ({self.experts[0].engine.provider})"
         bg = replace(opts, threads=cfg.background_threads)
         sam = self._load("sam", lambda: load_sam(bundle, cfg.precision, bg, cfg.sam_precision)) if cfg.masks else None
-        explainer = self._load("llm", lambda: load_explainer(bundle, bg)) if cfg.explain else None
+        explainer = self._load("llm", lambda: load_explainer(bundle, bg, cfg.constrain)) if cfg.explain else None
         for name, on in (("sam", cfg.masks), ("llm", cfg.explain)):
             if not on:
                 self.health[name] = "off"

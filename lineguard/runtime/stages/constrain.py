@@ -1,0 +1,99 @@
+"""Grounded decoding: a per-frame guard that makes an explanation contradicting its findings impossible.
+
+The decoder asks the guard about each candidate token before taking it. A candidate is refused
+when the text it completes names a 3×3 position no finding covers, a defect type other than the
+findings' (when they know it), or calls a flagged part normal; the decoder takes the next-best
+candidate instead. Stopping is refused until the text also names the main finding's position and
+type. The rules are ``grounding.check`` and ``grounding.complete``, applied to the text with its
+last word taken as finished, except a middle-row word that may still become another position
+(``middle`` → ``middle-left``), which waits for the next token. So it works for any tokenizer: words
+split over several tokens, several words in one token, byte-level pieces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lineguard.runtime.stages.grounding import Rules
+
+# a trailing partial word; a middle-row word that a column word may still follow ("middle" alone
+# is the centre cell, "middle-left" is not). "top", "bottom" … alone already mean their whole row,
+# and nothing after them can leave it, so they are judged at once.
+_PARTIAL = re.compile(r"[A-Za-z]+$")
+_STOPS = ".;!?\n"  # no position, type or negation phrase spans one of these
+_WORDS = re.compile(r"[a-z]+")
+ENDERS = frozenset({"top", "upper", "middle", "center", "centre", "bottom", "lower", "left", "right", "defect",
+                    "defects", "anomaly", "anomalies", "damage", "normal", "good", "fine", "ok", "okay", "free",
+                    "wrong"})
+_OPEN_ROW = re.compile(r"\b(?:middle|center|centre)[- ]*$", re.IGNORECASE)
+
+
+def settled(text: str) -> str:
+    """The part of a text still being generated that no next token can change the reading of."""
+    m = _PARTIAL.search(text)
+    head = text[: m.start()] if m else text
+    m = _OPEN_ROW.search(head)
+    return head[: m.start()] if m else head
+
+
+class Guard:
+    """The constraint for one frame. ``decode`` turns token ids into text (the bundle's tokenizer)."""
+
+    def __init__(self, findings: dict[str, Any], classes: list[str], decode: Callable[[list[int]], str]) -> None:
+        self.rules, self.decode = Rules(findings, classes), decode
+        self._ok: set[str] = {""}  # settled prefixes already found consistent
+        # for a flagged frame every rule is about one phrase (a wrong place, type, or "normal"), so
+        # a text is consistent when each sentence is; a normal frame's rule is about the whole text
+        self.local = findings.get("verdict") == "defect"
+        self.refused = 0  # candidates refused, for the record
+        self._last = (-1, "")  # (token count, text) of the last accepted step
+        # words that can end a judged phrase: positions, the types it may name, "normal" and kin
+        self.enders = ENDERS | {w for c in self.rules.vocab for w in (c.lower().split()[-1],) for w in (w, w + "s")}
+
+    def _consistent(self, text: str) -> bool:
+        if text in self._ok:
+            return True
+        ok = self.rules.consistent(text)
+        if ok:
+            self._ok.add(text)
+        return ok
+
+    def accepts(self, ids: list[int], token: int) -> bool:
+        """May ``token`` follow ``ids``? Its last word is judged as if it ended here ("top-left" is
+        refused as its "-left" is offered, not one token later when nothing can undo it); only a
+        row word that a column word may still follow waits."""
+        full = self.decode([*ids, token])
+        if self.local and not self._names_anything(ids, full):
+            ok = True  # no word near the new text can end a position, a type or a "normal"
+        else:
+            text = full + " "
+            if self.local:  # only the sentence being written can have changed (no phrase spans a full stop)
+                text = text[max(text.rfind(c) for c in _STOPS) + 1:]
+            head = settled(text)
+            # a pending middle-row word leads somewhere only if a finding touches the middle row
+            ok = self._consistent(head) and (head == text or self._middle_row_open())
+        if ok:
+            self._last = (len(ids) + 1, full)
+        self.refused += not ok
+        return ok
+
+    def _names_anything(self, ids: list[int], full: str) -> bool:
+        """Could the text gained with this token complete a phrase the rules judge? A phrase is
+        judged when its last word arrives, so only the words this token writes or extends matter."""
+        n, prev = self._last
+        start = len(prev) if n == len(ids) else len(self.decode(ids))
+        while start > 0 and full[start - 1].isalpha():  # back to the start of the word being extended
+            start -= 1
+        return any(w in self.enders for w in _WORDS.findall(full[start:].lower()))
+
+    def _middle_row_open(self) -> bool:
+        return not self.rules.allowed or any(r == 1 for r, _ in self.rules.allowed)
+
+    def may_stop(self, ids: list[int]) -> bool:
+        """May the text end here: everything in it consistent, and all it owes said?"""
+        text = self.decode(ids)
+        ok = self.rules.consistent(text) and self.rules.complete(text)
+        self.refused += not ok
+        return ok
