@@ -248,6 +248,9 @@ def test_eval_end_to_end_through_the_runtime_and_the_llm(full_bundle, synth, tmp
     r = lg("calibrate", b, "--dataset", synth, "--classes-only", "--shots", "1")  # refit, thresholds untouched
     assert r.returncode == 0 and "leave-one-out accuracy" in r.stdout, r.stderr
     m = json.loads((b / "manifest.json").read_text())
+    # the examples are the regions the bundle's own stages find on the labelled images
+    got = m["classes"]["fit"]["examples_from"]
+    assert got["found_regions"] >= 1 and got["found_regions"] + got["true_masks"] >= len(m["classes"]["names"])
     assert m["thresholds"] == thresholds
     assert m["classes"]["names"] == sorted(DEFECTS) and len(m["classes"]["fit"]["images"]) == len(DEFECTS)
     q = tmp_path / "q.jsonl"
