@@ -39,6 +39,13 @@ def test_the_guard_refuses_what_the_findings_contradict_and_an_end_that_owes_som
     assert not g.may_stop([1, 3, 10])  # "A crack." owes the position
     assert g.may_stop([1, 3, 4, 5, 8, 9, 10])  # "A crack at the bottom-right."
     assert g.refused >= 3
+    # "middle" waits for its next word, and that word decides: "middle-left" or "middle" alone
+    mid = {**FINDINGS, "regions": [{**FINDINGS["regions"][0], "cell": "middle-left", "box": [10, 120, 60, 170]}]}
+    vocab += [" middle", " region", "-left"]
+    g = Guard(mid, [], lambda ids: "".join(vocab[i] for i in ids))
+    assert g.accepts([1, 3, 4, 5], 13)  # "A crack at the middle": the middle row has the finding
+    assert not g.accepts([1, 3, 4, 5, 13], 14)  # "... the middle region": the centre cell has none
+    assert g.accepts([1, 3, 4, 5, 13], 15)  # "... the middle-left"
 
 
 class Scripted(CausalLM):

@@ -49,6 +49,7 @@ class Guard:
         self.local = findings.get("verdict") == "defect"
         self.refused = 0  # candidates refused, for the record
         self._last = (-1, "")  # (token count, text) of the last accepted step
+        self._pending = False  # the last accepted step left a middle-row word waiting
         # words that can end a judged phrase: positions, the types it may name, "normal" and kin
         self.enders = ENDERS | {w for c in self.rules.vocab for w in (c.lower().split()[-1],) for w in (w, w + "s")}
 
@@ -65,17 +66,20 @@ class Guard:
         refused as its "-left" is offered, not one token later when nothing can undo it); only a
         row word that a column word may still follow waits."""
         full = self.decode([*ids, token])
-        if self.local and not self._names_anything(ids, full):
+        pending = False
+        if self.local and not self._pending and not self._names_anything(ids, full):
             ok = True  # no word near the new text can end a position, a type or a "normal"
         else:
             text = full + " "
             if self.local:  # only the sentence being written can have changed (no phrase spans a full stop)
                 text = text[max(text.rfind(c) for c in _STOPS) + 1:]
             head = settled(text)
-            # a pending middle-row word leads somewhere only if a finding touches the middle row
-            ok = self._consistent(head) and (head == text or self._middle_row_open())
+            # a pending middle-row word leads somewhere only if a finding touches the middle row;
+            # whatever comes next decides what it named, so the next token is always checked
+            pending = head != text
+            ok = self._consistent(head) and (not pending or self._middle_row_open())
         if ok:
-            self._last = (len(ids) + 1, full)
+            self._last, self._pending = (len(ids) + 1, full), pending
         self.refused += not ok
         return ok
 
