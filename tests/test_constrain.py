@@ -20,6 +20,7 @@ def test_only_text_that_cannot_change_is_judged():
     assert settled("A crack at the bott") == "A crack at the "  # a word still being spelled
     assert settled("A crack at the middle") == "A crack at the "  # "middle" may become "middle-left"
     assert settled("A crack at the center-") == "A crack at the "
+    assert settled("A crack at the top-center ") == "A crack at the top-center "  # a column here, not a row
     assert settled("A crack at the top ") == "A crack at the top "  # "top" means its row, whatever follows
     assert settled("A crack at the top-left corn") == "A crack at the top-left "
     assert settled("A crack.") == "A crack."

@@ -27,7 +27,9 @@ _WORDS = re.compile(r"[a-z]+")
 ENDERS = frozenset({"top", "upper", "middle", "center", "centre", "bottom", "lower", "left", "right", "defect",
                     "defects", "anomaly", "anomalies", "damage", "normal", "good", "fine", "ok", "okay", "free",
                     "wrong"})
-_OPEN_ROW = re.compile(r"\b(?:middle|center|centre)[- ]*$", re.IGNORECASE)
+# ... but not as the column of a two-word position already begun ("top-center", "upper middle")
+_OPEN_ROW = re.compile(r"(?<!top[- ])(?<!upper[- ])(?<!bottom[- ])(?<!lower[- ])\b(?:middle|center|centre)[- ]*$",
+                       re.IGNORECASE)
 
 
 def settled(text: str) -> str:
