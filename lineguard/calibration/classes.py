@@ -7,7 +7,6 @@ found region that overlaps the labelled mask becomes an example of that type, de
 ``lineguard.runtime.stages.classify``. Fitting on the true masks instead taught the classifier shapes
 the runtime never shows it (36 % DC on the demo line). An image where nothing found overlaps its
 mask gives its mask's largest component, so every type keeps examples; both counts are recorded.
-Each image is taken twice, as stored and JPEG-compressed as a camera stream sends it.
 ``shots`` keeps a few images per type, as a station would label them; the images used are
 recorded so an evaluation can leave them out.
 """
@@ -33,7 +32,6 @@ from lineguard.runtime.stages.classify import FEATURES, DefectClassifier, descri
 from lineguard.runtime.stages.defects import find_defects
 
 FILE = "classes/classifier.json"
-STREAM_JPEG = 75  # each labelled image is also seen JPEG-compressed, as a camera stream sends it
 UNKNOWN_MARGIN = 2.0  # × the 95th percentile of each example's distance to its nearest same-type example
 
 
@@ -71,13 +69,6 @@ def loo_accuracy(vectors: np.ndarray, labels: np.ndarray, names: list[str], k: i
     return hits / max(1, len(vectors))
 
 
-def as_streamed(frame: np.ndarray, quality: int = STREAM_JPEG) -> np.ndarray:
-    """The frame as a camera stream delivers it (JPEG): contrast and texture descriptors shift under
-    compression, and a classifier that has seen both kinds stops telling them apart by it."""
-    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else frame
-
-
 def fit_classes(bundle_path: str | Path, dataset: str | Path, shots: int | None = None, k: int = 3, seed: int = 0,
                 precision: str = "fp32", progress: bool = True) -> dict[str, Any]:
     """Fit and write the classifier into the bundle; returns a summary (types, examples, LOO accuracy)."""
@@ -102,25 +93,24 @@ def fit_classes(bundle_path: str | Path, dataset: str | Path, shots: int | None 
     pixel_t = bundle.thresholds.get("pixel")
     vecs, labels, found, fallback = [], [], 0, 0
     for it in bar(chosen, desc="classes", unit="img", progress=progress, leave=False):
-        image = read_image(root / it.image)
+        frame = read_image(root / it.image)
         truth = it.mask.astype(bool)
-        for frame in (image, as_streamed(image)):
-            amap = served.score([frame])[0].anomaly_map
-            amap_frame = cv2.resize(amap, it.size, interpolation=cv2.INTER_LINEAR)
-            regions = [d.mask for d in find_defects(frame, amap, bundle.thresholds, served.sam, served.top_k,
-                                                    served.sam_mode, flagged=True) if (d.mask & truth).any()]
-            found += len(regions)
-            if not regions:  # the runtime would not find this one: its mask keeps the type represented
-                regions, fallback = [largest_component(it.mask)], fallback + 1
-            for m in regions:
-                vecs.append(describe_region(frame, m, amap_frame, pixel_t))
-                labels.append(names.index(it.defect))
+        amap = served.score([frame])[0].anomaly_map
+        amap_frame = cv2.resize(amap, it.size, interpolation=cv2.INTER_LINEAR)
+        regions = [d.mask for d in find_defects(frame, amap, bundle.thresholds, served.sam, served.top_k,
+                                                served.sam_mode, flagged=True) if (d.mask & truth).any()]
+        found += len(regions)
+        if not regions:  # the runtime would not find this one: its mask keeps the type represented
+            regions, fallback = [largest_component(it.mask)], fallback + 1
+        for m in regions:
+            vecs.append(describe_region(frame, m, amap_frame, pixel_t))
+            labels.append(names.index(it.defect))
     x, y = np.stack(vecs), np.asarray(labels)
     clf = fit(x, y, names, k)
     summary = {"names": names, "examples": {n: int((y == i).sum()) for i, n in enumerate(names)}, "k": clf.k,
                "max_distance": clf.max_distance, "loo_accuracy": round(loo_accuracy(x, y, names, k), 4),
                "features": list(FEATURES), "dataset": str(root), "shots": shots, "seed": seed,
-               "examples_from": {"found_regions": found, "true_masks": fallback, "jpeg_quality_also": STREAM_JPEG},
+               "examples_from": {"found_regions": found, "true_masks": fallback},
                "problems": [str(p) for p in problems]}
     with BundleWriter(bundle.root, base=bundle) as w:
         w.path(FILE).write_text(json.dumps(clf.to_dict()) + "\n", encoding="utf-8")

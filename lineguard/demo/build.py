@@ -41,6 +41,7 @@ EXPLAINER_PROMPT = {
              "{{ '%.1f'|format(100 * r.area_frac) }}% of the image\n"
              "{% endfor %}"),
     "sampling": {"max_new_tokens": 48, "temperature": 0.0, "top_p": 1.0, "time_budget_s": 10.0},
+    "constrain": True,  # grounded decoding, recorded in the manifest as export llm records it
 }
 
 
