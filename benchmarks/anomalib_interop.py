@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from lineguard.cli.options import write_report
+
 MODELS = ("patchcore", "padim")
 
 
@@ -118,10 +120,11 @@ def subset(category: Path, out: Path, every: int) -> Path:
 
 
 def category_images(category: Path) -> tuple[list[Path], np.ndarray]:
-    from lineguard.runtime.imageio import list_images
+    """Every test image of the category and whether it is a defect (``calibration.dataset``'s reading)."""
+    from lineguard.calibration.dataset import test_samples
 
-    files = list_images(category / "test", recursive=True)
-    return files, np.array([f.parent.name != "good" for f in files])
+    samples = test_samples(category)
+    return [x.path for x in samples], np.array([bool(x.label) for x in samples])
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -181,8 +184,7 @@ def main() -> None:
              "anomalib_scores": ref["scores"].round(5).tolist(), "lineguard_scores": ours["scores"].round(5).tolist()}
         report["models"][kind] = r
         print(json.dumps({"model": kind, **r["parity"], "image_auroc": r["image_auroc"]}), flush=True)
-    a.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, a.out.with_suffix(".png"))
+    write_report(a.out, report, plot)
     print(f"wrote {a.out} and {a.out.with_suffix('.png')}")
 
 

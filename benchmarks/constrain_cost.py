@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from lineguard.cli.options import write_report
+
 
 def with_llm_shape(bundle_path: Path, shape: str, work: Path) -> Path:
     """A copy of the bundle whose LLM is a random-weight model of ``shape`` (built once, INT4)."""
@@ -32,14 +34,8 @@ def with_llm_shape(bundle_path: Path, shape: str, work: Path) -> Path:
 
     out = work / f"bundle-{shape}"
     if not (out / "manifest.json").is_file():
-        shutil.copytree(bundle_path, out, ignore=shutil.ignore_patterns("llm"))
-        import json as _json
-
-        m = _json.loads((out / "manifest.json").read_text())
-        m["stages"].pop("llm", None)
-        m["files"] = {k: v for k, v in m["files"].items() if not k.startswith("llm/")}
-        (out / "manifest.json").write_text(_json.dumps(m, indent=2) + "\n")
-        export_llm(build_shape(shape, work / shape), out, ("int4",))
+        shutil.copytree(bundle_path, out)
+        export_llm(build_shape(shape, work / shape), out, ("int4",))  # replaces the llm stage and its files
     return out
 
 
@@ -103,8 +99,7 @@ def main() -> None:
     bundle = with_llm_shape(a.bundle, a.llm_shape, a.work) if a.llm_shape else a.bundle
     rep = run(bundle, a.dataset, a.limit) | {"date": time.strftime("%Y-%m-%d"),
                                               "command": " ".join(["python -m benchmarks.constrain_cost", *sys.argv[1:]])}
-    a.out.write_text(json.dumps(rep, indent=2) + "\n")
-    plot(rep, a.out.with_suffix(".png"))
+    write_report(a.out, rep, plot)
     print(json.dumps({k: v for k, v in rep.items() if k not in ("constrained", "unconstrained")}
                      | {m: {k: v for k, v in rep[m].items() if k != "tok_s"} for m in ("constrained", "unconstrained")},
                      indent=2))

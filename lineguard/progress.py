@@ -7,11 +7,10 @@ pipe gets no carriage-return lines; ``--quiet`` turns them off on a terminal too
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm import tqdm
 
-T = TypeVar("T")
 _quiet = False
 
 
@@ -21,6 +20,6 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def bar(iterable: Iterable[T], desc: str, unit: str, progress: bool = True, **kw: Any) -> tqdm:
+def bar(iterable: Iterable[Any], desc: str, unit: str, progress: bool = True, **kw: Any) -> tqdm:
     """``tqdm(iterable)`` that shows only where a person is watching."""
     return tqdm(iterable, desc=desc, unit=unit, disable=True if _quiet or not progress else None, **kw)

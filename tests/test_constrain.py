@@ -47,6 +47,10 @@ def test_the_guard_refuses_what_the_findings_contradict_and_an_end_that_owes_som
     assert g.accepts([1, 3, 4, 5], 13)  # "A crack at the middle": the middle row has the finding
     assert not g.accepts([1, 3, 4, 5, 13], 14)  # "... the middle region": the centre cell has none
     assert g.accepts([1, 3, 4, 5, 13], 15)  # "... the middle-left"
+    # a type named as grounding reads it ("broken_large" is "broken large"): refused as it is written
+    g = Guard(FINDINGS, ["broken_large"], lambda ids: "".join(vocab[i] for i in ids))
+    vocab += [" broken", " large"]
+    assert g.accepts([1], len(vocab) - 2) and not g.accepts([1, len(vocab) - 2], len(vocab) - 1)
 
 
 class Scripted(CausalLM):

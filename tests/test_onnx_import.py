@@ -182,3 +182,28 @@ def test_imported_expert_calibrates_by_its_own_normal_maximum(tmp_path, synth, c
     b = Bundle.load(out)
     scores = score_frames(Expert(b), read_frames(normal_images(synth), progress=False), progress=False).scores
     assert b.thresholds["image"] == pytest.approx(scores.max())
+
+
+def test_a_graph_copied_without_its_weights_file_names_that_file(tmp_path):
+    """anomalib writes model.onnx + model.onnx.data; copying the first alone is a common slip."""
+    import onnx
+
+    class Weighted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            amap = self.conv(x)
+            return amap, amap.flatten(1).amax(1)
+
+    torch.onnx.export(Weighted(), (torch.rand(1, 3, 32, 32),), str(tmp_path / "model.onnx"), dynamo=False,
+                      input_names=["input"], output_names=["anomaly_map", "pred_score"])
+    m = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.save(m, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    assert import_onnx_expert(tmp_path / "model.onnx", tmp_path / "ok").is_dir()  # whole: imports
+    (tmp_path / "model.onnx.data").unlink()
+    with pytest.raises(LineguardError, match=r"model\.onnx\.data: missing .* copy it beside model\.onnx"):
+        import_onnx_expert(tmp_path / "model.onnx", tmp_path / "b")
+    assert not (tmp_path / "b").exists()

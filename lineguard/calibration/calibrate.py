@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from lineguard.calibration import report
 from lineguard.calibration.dataset import load_labelled, read_frames
@@ -53,7 +54,7 @@ def _fitted_on(stage: dict[str, Any]) -> Path | None:
     return Path(folder) / "train" / "good" if (Path(folder) / "train" / "good").is_dir() else Path(folder)
 
 
-def _warn_not_held_out(stage: dict[str, Any], normal: str) -> None:
+def _warn_not_held_out(stage: dict[str, Any], normal: str, files: list[Path]) -> None:
     """Myriad's rule is the highest score of normal images the expert has not seen: say so when
     these are the ones it was fitted on (or when nobody can tell, for an imported model)."""
     fitted = _fitted_on(stage)
@@ -61,8 +62,8 @@ def _warn_not_held_out(stage: dict[str, Any], normal: str) -> None:
         log.warning("the expert was imported: the myriad rule takes the highest score over %s, so these must be "
                     "normal images the model was not trained on", normal)
         return
-    files = normal_images(normal)
-    seen = sum(fitted.resolve() in f.resolve().parents for f in files)
+    folder = fitted.resolve()
+    seen = sum(folder in f.resolve().parents for f in files)
     if seen:
         log.warning("%d of %d images in %s are the expert's own training images (%s): the highest score over them "
                     "understates a new good part's and good parts will be flagged; give held-out normal images",
@@ -70,8 +71,6 @@ def _warn_not_held_out(stage: dict[str, Any], normal: str) -> None:
 
 
 def _model_rule(bundle: Bundle) -> dict[str, Any]:
-    import onnx
-
     stage = bundle.stage("expert")
     graph = bundle.variant_path("expert", "fp32")
     roles = stage.get("roles", {})
@@ -88,7 +87,8 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
     bundle = Bundle.load(bundle_path)
     stage = bundle.stage("expert")
     rule = _rule(rule, threshold, normal, dataset)
-    normal_frames = read_frames(normal_images(normal), "read normal", progress) if normal else []
+    normal_files = normal_images(normal) if normal else []
+    normal_frames = read_frames(normal_files, "read normal", progress) if normal else []
     data = load_labelled(dataset, progress=progress) if dataset else None
     expert = Expert(bundle, "fp32")
     scored = score_frames(expert, data.frames, desc="score test", progress=progress) if data else None
@@ -108,7 +108,7 @@ def calibrate(bundle_path: str | Path, normal: str | None = None, dataset: str |
                     raise InputError(f"{normal}: {e}") from None
         else:  # an imported expert cannot be refitted: its own maximum over all normal images
             assert normal is not None
-            _warn_not_held_out(stage, normal)
+            _warn_not_held_out(stage, normal, normal_files)
             own = score_frames(expert, normal_frames, desc="score normal", progress=progress)
             t = {"rule": "myriad", "folds": None, "images": len(normal_frames), "image": float(own.scores.max()),
                  "pixel": float(max(m.max() for m in own.maps)), "normal_scores": own.scores.tolist(),

@@ -29,7 +29,6 @@ from lineguard.runtime.errors import InputError
 from lineguard.runtime.imageio import read_image
 from lineguard.runtime.inspection import Inspector
 from lineguard.runtime.stages.classify import FEATURES, DefectClassifier, describe_region
-from lineguard.runtime.stages.defects import find_defects
 
 FILE = "classes/classifier.json"
 UNKNOWN_MARGIN = 2.0  # × the 95th percentile of each example's distance to its nearest same-type example
@@ -90,15 +89,15 @@ def fit_classes(bundle_path: str | Path, dataset: str | Path, shots: int | None 
         idx = sorted(rng.permutation(len(group))[:shots]) if shots else range(len(group))
         chosen += [group[i] for i in idx]
     served = Inspector.load(bundle, precision, EngineOptions(device="cpu"))  # the station's stages
+    served.classifier = None  # the types come from the labels here, not from the classifier being replaced
     pixel_t = bundle.thresholds.get("pixel")
     vecs, labels, found, fallback = [], [], 0, 0
     for it in bar(chosen, desc="classes", unit="img", progress=progress, leave=False):
         frame = read_image(root / it.image)
         truth = it.mask.astype(bool)
-        amap = served.score([frame])[0].anomaly_map
-        amap_frame = cv2.resize(amap, it.size, interpolation=cv2.INTER_LINEAR)
-        regions = [d.mask for d in find_defects(frame, amap, bundle.thresholds, served.sam, served.top_k,
-                                                served.sam_mode, flagged=True) if (d.mask & truth).any()]
+        r = served.score([frame])[0]
+        amap_frame = cv2.resize(r.anomaly_map, it.size, interpolation=cv2.INTER_LINEAR)
+        regions = [d.mask for d in served.defects(frame, r) if (d.mask & truth).any()]
         found += len(regions)
         if not regions:  # the runtime would not find this one: its mask keeps the type represented
             regions, fallback = [largest_component(it.mask)], fallback + 1

@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"lineguard {a.command}: error: {e}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        if a.log_format == "json":
+            logging.getLogger(f"lineguard.{a.command}").warning("interrupted")
+        else:
+            sys.stderr.write("interrupted\n")
         return 130
 
 

@@ -18,27 +18,30 @@ COMPARISONS = ("Greater", "GreaterOrEqual")
 PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape")
 
 
-def _constants(m: onnx.ModelProto) -> dict[str, np.ndarray]:
-    out = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    for n in m.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return out
+def _scalar(m: onnx.ModelProto, name: str, nodes: dict[str, onnx.NodeProto]) -> float | None:
+    """The value of ``name`` if it is a one-element constant (an initializer or a Constant node)."""
+    t = next((i for i in m.graph.initializer if i.name == name), None)
+    if t is None and name in nodes and nodes[name].op_type == "Constant" and nodes[name].attribute:
+        t = nodes[name].attribute[0].t if nodes[name].attribute[0].name == "value" else None
+    if t is None or int(np.prod(t.dims)) != 1:  # never converts a weight (PatchCore's bank) to numpy
+        return None
+    c = numpy_helper.to_array(t).reshape(())
+    return float(c) if np.isfinite(c) else None
 
 
-def compared_with(m: onnx.ModelProto, value: str) -> dict[str, Any] | None:
+def compared_with(m: onnx.ModelProto, value: str, producer: dict[str, onnx.NodeProto] | None = None
+                  ) -> dict[str, Any] | None:
     """``{"output", "op", "threshold"}`` when a graph output is ``value > c`` (or ``>=``) for a scalar c."""
-    producer = {o: n for n in m.graph.node for o in n.output}
-    consts = _constants(m)
+    producer = producer if producer is not None else {o: n for n in m.graph.node for o in n.output}
     for out in m.graph.output:
         node = producer.get(out.name)
         while node is not None and node.op_type in PASS_THROUGH:
             node = producer.get(node.input[0])
         if node is None or node.op_type not in COMPARISONS or node.input[0] != value:
             continue
-        c = consts.get(node.input[1])
-        if c is not None and c.size == 1 and np.isfinite(c).all():
-            return {"output": out.name, "op": node.op_type, "threshold": float(c.reshape(()))}
+        c = _scalar(m, node.input[1], producer)
+        if c is not None:
+            return {"output": out.name, "op": node.op_type, "threshold": c}
     return None
 
 
@@ -48,10 +51,11 @@ def model_thresholds(m: onnx.ModelProto, score: str | None, anomaly_map: str) ->
     None when the graph does not threshold its score. The normalisation puts the model's own
     threshold at 0.5 with a span of 1, which for anomalib's [0, 1] scores is the identity.
     """
-    image = compared_with(m, score) if score else None
+    producer = {o: n for n in m.graph.node for o in n.output}
+    image = compared_with(m, score, producer) if score else None
     if image is None:
         return None
-    pixel = compared_with(m, anomaly_map)
+    pixel = compared_with(m, anomaly_map, producer)
     t = image["threshold"]
     thresholds = {"image": t} | ({"pixel": pixel["threshold"]} if pixel else {})
     if image["op"] == "Greater":  # the graph's own comparison: a score equal to t is good

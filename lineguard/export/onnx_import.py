@@ -76,16 +76,17 @@ def _static_hw(o: Any) -> list[int] | None:
 
 
 def _input_size(path: Path, hw: list[int | str], given: Sequence[int] | None, model: onnx.ModelProto,
-                map_output: str | None) -> tuple[list[int], str]:
-    """The H, W to feed, and where they came from: the flag, the graph's input, or its map.
+                map_output: str | None) -> tuple[list[int], str, bool]:
+    """The H, W to feed, where they came from (the flag, the graph's input, or its map), and
+    whether the graph takes any size (it resizes inside: frames are then fed as they are).
 
     anomalib's default export takes any size and resizes inside the graph to the size it was
     trained at; that size is the anomaly map's, which it leaves static (or shape inference finds).
     """
     if given:
-        return [int(v) for v in given], "--input-size"
+        return [int(v) for v in given], "--input-size", False
     if all(isinstance(d, int) and d > 0 for d in hw):
-        return [int(d) for d in hw], "the graph's input"
+        return [int(d) for d in hw], "the graph's input", False
     outputs = list(model.graph.output)
     try:  # not every exporter writes output shapes; inference finds them where the graph fixes them
         outputs += list(onnx.shape_inference.infer_shapes(model).graph.output)
@@ -93,7 +94,7 @@ def _input_size(path: Path, hw: list[int | str], given: Sequence[int] | None, mo
         pass
     for o in outputs:
         if (o.name == map_output if map_output else "map" in o.name.lower()) and (size := _static_hw(o)):
-            return size, f"output {o.name!r}: the size the graph resizes to"
+            return size, f"output {o.name!r}: the size the graph resizes to", True
     raise LineguardError(f"{path}: input size is dynamic ({hw}) and the anomaly map's is too: "
                          "pass --input-size H W (the size the model was trained at)")
 
@@ -110,9 +111,18 @@ def import_onnx_expert(model: str | Path, out: str | Path, product: str | None =
     if not path.is_file():
         raise LineguardError(f"{path}: no such file")
     try:
-        m = onnx.load(str(path))
+        m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common base class
         raise LineguardError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:100]})") from None
+    # anomalib (and torch's exporter) keep the weights in a file beside the graph: copied without it,
+    # the graph is unusable, and onnx's own message does not say which file is missing
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            name = next((e.value for e in t.external_data if e.key == "location"), "")
+            if not (path.parent / name).is_file():
+                raise LineguardError(f"{path.parent / name}: missing (the graph keeps its weights there; "
+                                     f"copy it beside {path.name})")
+    onnx.load_external_data_for_model(m, str(path.parent))
     inits = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -131,7 +141,7 @@ def import_onnx_expert(model: str | Path, out: str | Path, product: str | None =
     if elem not in (onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT):
         raise LineguardError(f"{path}: input type {onnx.TensorProto.DataType.Name(elem)} is not uint8 or float")
     outputs = list(m.graph.output)
-    (height, width), size_from = _input_size(path, hw, input_size, m, map_output)
+    (height, width), size_from, any_size = _input_size(path, hw, input_size, m, map_output)
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     record = trained_record(path)
     color = color or record.get("input", {}).get("color") or ("GRAY" if ch == 1 else "RGB")
@@ -143,7 +153,7 @@ def import_onnx_expert(model: str | Path, out: str | Path, product: str | None =
         dtype="float32" if is_float else "uint8", color=color,
         normalize="runtime" if is_float else "in_graph",
         mean=tuple(mean or (0.0,) * ch), std=tuple(std or (1.0,) * ch), batch=fixed,
-        any_size=size_from.startswith("output"),
+        any_size=any_size,
     )
     if len(spec.mean) != ch or len(spec.std) != ch:
         raise LineguardError(f"--mean/--std need {ch} value(s) for a {ch}-channel input")

@@ -111,7 +111,7 @@ class Engine:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         log.debug("%s: provider %s (asked %s), loaded in %.2fs", self.path.name, self.provider,
-                 [p if isinstance(p, str) else p[0] for p in providers], self.load_seconds)
+                  [p if isinstance(p, str) else p[0] for p in providers], self.load_seconds)
         for _ in range(self.opts.warmup):
             self.run(self.dummy_feeds())
 

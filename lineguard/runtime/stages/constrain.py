@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lineguard.runtime.stages.grounding import Rules
+from lineguard.runtime.stages.grounding import COLS, NEGATION_ENDS, ROWS, Rules
 
 # a trailing partial word; a middle-row word that a column word may still follow ("middle" alone
 # is the centre cell, "middle-left" is not). "top", "bottom" … alone already mean their whole row,
@@ -24,9 +24,7 @@ from lineguard.runtime.stages.grounding import Rules
 _PARTIAL = re.compile(r"[A-Za-z]+$")
 _STOPS = ".;!?\n"  # no position, type or negation phrase spans one of these
 _WORDS = re.compile(r"[a-z]+")
-ENDERS = frozenset({"top", "upper", "middle", "center", "centre", "bottom", "lower", "left", "right", "defect",
-                    "defects", "anomaly", "anomalies", "damage", "normal", "good", "fine", "ok", "okay", "free",
-                    "wrong"})
+ENDERS = frozenset(ROWS) | frozenset(COLS) | NEGATION_ENDS  # the last words of judged phrases
 # ... but not as the column of a two-word position already begun ("top-center", "upper middle")
 _OPEN_ROW = re.compile(r"(?<!top[- ])(?<!upper[- ])(?<!bottom[- ])(?<!lower[- ])\b(?:middle|center|centre)[- ]*$",
                        re.IGNORECASE)
@@ -53,7 +51,10 @@ class Guard:
         self._last = (-1, "")  # (token count, text) of the last accepted step
         self._pending = False  # the last accepted step left a middle-row word waiting
         # words that can end a judged phrase: positions, the types it may name, "normal" and kin
-        self.enders = ENDERS | {w for c in self.rules.vocab for w in (c.lower().split()[-1],) for w in (w, w + "s")}
+        # (a type's last word as grounding reads it: "broken_large" ends in "large")
+        self.enders = ENDERS | {w for c in self.rules.vocab for w in _WORDS.findall(c.lower())[-1:] for w in (w, w + "s")}
+        # a pending middle-row word leads somewhere only if a finding touches the middle row
+        self.middle_row_open = not self.rules.allowed or any(r == 1 for r, _ in self.rules.allowed)
 
     def _consistent(self, text: str) -> bool:
         if text in self._ok:
@@ -76,10 +77,9 @@ class Guard:
             if self.local:  # only the sentence being written can have changed (no phrase spans a full stop)
                 text = text[max(text.rfind(c) for c in _STOPS) + 1:]
             head = settled(text)
-            # a pending middle-row word leads somewhere only if a finding touches the middle row;
-            # whatever comes next decides what it named, so the next token is always checked
+            # whatever comes after a pending middle-row word decides what it named: always checked
             pending = head != text
-            ok = self._consistent(head) and (not pending or self._middle_row_open())
+            ok = self._consistent(head) and (not pending or self.middle_row_open)
         if ok:
             self._last, self._pending = (len(ids) + 1, full), pending
         self.refused += not ok
@@ -93,9 +93,6 @@ class Guard:
         while start > 0 and full[start - 1].isalpha():  # back to the start of the word being extended
             start -= 1
         return any(w in self.enders for w in _WORDS.findall(full[start:].lower()))
-
-    def _middle_row_open(self) -> bool:
-        return not self.rules.allowed or any(r == 1 for r, _ in self.rules.allowed)
 
     def may_stop(self, ids: list[int]) -> bool:
         """May the text end here: everything in it consistent, and all it owes said?"""

@@ -13,7 +13,7 @@ from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import BundleError
 from lineguard.runtime.stages.constrain import Guard
-from lineguard.runtime.stages.grounding import check, complete
+from lineguard.runtime.stages.grounding import Rules
 from lineguard.runtime.stages.llm import CausalLM, Sampling
 from lineguard.runtime.stages.prompting import DEFAULT_PROMPT, PromptBuilder, findings_for_prompt
 from lineguard.runtime.stages.reference import reference
@@ -82,13 +82,13 @@ class Explainer:
         guard = Guard(findings, self.classes, self.tokenizer.decode) if (
             self.constrain if constrain is None else constrain) else None
         t0 = time.perf_counter()
-        gen = self.lm.generate(ids, s, stream if on_text else None, guard)  # nobody streams: decode once, at the end
+        gen = self.lm.generate(ids, s, stream if on_text else None, guard)
         text, source = self.tokenizer.decode(gen.ids).strip(), "model"
-        grounded = check(text, findings, self.classes)
-        done = complete(text, findings)
+        rules = guard.rules if guard is not None else Rules(findings, self.classes)
+        grounded, done = rules.check(text), rules.complete(text)
         if guard is not None and not (grounded["consistent"] and done):
             text, source = reference(findings, np.random.default_rng(0)), "rules"
-            grounded, done = check(text, findings, self.classes), complete(text, findings)
+            grounded, done = rules.check(text), rules.complete(text)
         return {"text": text, **grounded, "complete": done, "source": source, "constrained": guard is not None,
                 "refused_tokens": guard.refused if guard else 0, "precision": self.precision,
                 "prompt_tokens": gen.prompt_tokens, "new_tokens": len(gen.ids), "stop": gen.stop,

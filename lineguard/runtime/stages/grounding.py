@@ -14,12 +14,12 @@ from typing import Any
 
 from lineguard.runtime.stages.findings import GRID
 
-_ROWS = {"top": 0, "upper": 0, "middle": 1, "center": 1, "centre": 1, "bottom": 2, "lower": 2}
-_COLS = {"left": 0, "center": 1, "centre": 1, "middle": 1, "right": 2}
+ROWS = {"top": 0, "upper": 0, "middle": 1, "center": 1, "centre": 1, "bottom": 2, "lower": 2}
+COLS = {"left": 0, "center": 1, "centre": 1, "middle": 1, "right": 2}
 # Longest phrases first, so "top-left" is not also read as "top" and "left".
 _PHRASES: list[tuple[str, set[tuple[int, int]]]] = []
-for r_word, r in _ROWS.items():
-    for c_word, c in _COLS.items():
+for r_word, r in ROWS.items():
+    for c_word, c in COLS.items():
         if r_word != c_word:
             _PHRASES.append((f"{r_word}[- ]{c_word}", {(r, c)}))
 _PHRASES += [("top[- ]cent(?:er|re)|upper[- ]middle", {(0, 1)}), ("bottom[- ]cent(?:er|re)|lower[- ]middle", {(2, 1)})]
@@ -32,6 +32,9 @@ _PATTERNS = [(re.compile(rf"\b(?:{p})\b"), cells) for p, cells in _PHRASES]
 _ANY_POSITION = re.compile("|".join(rf"\b(?:{p})\b" for p, _ in _PHRASES))
 GENERIC_CLASSES = ("scratch", "crack", "hole", "blowhole", "stain", "chip", "dent", "break", "fray",
                    "contamination", "uneven", "bubble", "burr", "missing")
+# the last words of the phrases below: grounded decoding checks a text only when one of them arrives
+NEGATION_ENDS = frozenset({"defect", "defects", "anomaly", "anomalies", "damage", "normal", "good", "fine", "ok",
+                           "okay", "free", "wrong"})
 _NEGATIONS = re.compile(r"\b(?:no (?:defects?|anomal(?:y|ies)|damage)|(?:is|looks|seems) (?:normal|good|fine|ok(?:ay)?)"
                         r"|defect[- ]free|without (?:any )?defects?|nothing wrong)\b")
 
@@ -88,6 +91,10 @@ class Rules:
         self.main = sorted({r["cell"] for r in self.regions})
         self.known = sorted({r["class"] for r in self.regions if r.get("class") and r["class"] != "unknown"})
         self.vocab = sorted(set(GENERIC_CLASSES) | set(classes or []) | set(self.known), key=len, reverse=True)
+        main = self.regions[0] if self.regions else {}
+        self.main_cell = next(((r, c) for r, row in enumerate(GRID) for c, name in enumerate(row)
+                               if name == main.get("cell")), None)
+        self.main_class = main.get("class") if main.get("class") not in (None, "unknown") else None
 
     def _wrong_class(self, c: str) -> bool:
         return bool(self.known) and c not in self.known and not any(c in k or k in c for k in self.known)
@@ -128,12 +135,9 @@ class Rules:
         phrase covering its cell) and its type, when the findings know it. Else nothing is owed."""
         if self.verdict != "defect" or not self.regions:
             return True
-        main = self.regions[0]
-        cell = next(((r, c) for r, row in enumerate(GRID) for c, name in enumerate(row) if name == main["cell"]), None)
-        if cell is not None and not any(cell in cells for _, cells in named_positions(text)):
+        if self.main_cell is not None and not any(self.main_cell in cells for _, cells in named_positions(text)):
             return False
-        cls = main.get("class")
-        return not cls or cls == "unknown" or bool(named_classes(text, [cls]))
+        return self.main_class is None or bool(named_classes(text, [self.main_class]))
 
 
 def check(text: str, findings: dict[str, Any], classes: list[str] | None = None) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lineguard.runtime.bundle.engine import Engine, EngineOptions
-from lineguard.runtime.stages.constrain import Guard
+
+if TYPE_CHECKING:  # only for the annotation: the decoder needs no guard to run
+    from lineguard.runtime.stages.constrain import Guard
 
 
 @dataclass
