@@ -35,6 +35,7 @@ from lineguard.train.expert import ExpertTrainConfig, train_expert
 from lineguard.train.sam import SamAdaptConfig
 
 HOLDOUT = 0.25
+MTD_SHOTS = 5  # labelled images per type for the classifier, as a station would label them
 
 
 def holdout_view(d: Path, out: Path, seed: int) -> Path:
@@ -66,7 +67,7 @@ def main() -> None:
     shutil.rmtree(b, ignore_errors=True)
     import_onnx_expert(onnx, b, product=d.name.replace("_", " "))
     calibrate(b, normal=str(d / "train" / "good"), rule="myriad")
-    fit_classes(b, d, shots=cfg.shots, seed=cfg.seed)
+    fit_classes(b, d, shots=MTD_SHOTS, seed=cfg.seed)  # the rest are held out for DC
     expert = evaluate_bundle(Bundle.load(b), load_labelled(d))
     sam = adapt_sam(b, d, out / "sam.pth", SamAdaptConfig(steps=cfg.sam_steps, lr=cfg.sam_lr, train_encoder=True,
                                                           mask_prompt=True, seed=cfg.seed),

@@ -90,6 +90,7 @@ def summarize(results: list[FrameResult], truth: list[FrameTruth], sent: dict[st
     scores = np.array([r.score for r, _ in centred])
     tp = fp = fn = 0
     tasks: dict[str, list] = {"AD": [], "RDL": [], "DFM": [], "DC": []}
+    confusion: dict[str, dict[str, int]] = {}
     for r, t in centred:
         part = t.part_mask()  # read once: for the pixel counts and for DDQA
         gt = t.mask(frame_hw, part)
@@ -97,6 +98,9 @@ def summarize(results: list[FrameResult], truth: list[FrameTruth], sent: dict[st
         tp += int((pred & gt).sum())
         fp += int((pred & ~gt).sum())
         fn += int((~pred & gt).sum())
+        if t.defect != "good":  # truth → the type served for the main finding ("-": none)
+            confusion.setdefault(t.defect, {}).setdefault(r.cls or "-", 0)
+            confusion[t.defect][r.cls or "-"] += 1
         for k, v in ddqa_answers(t, r.verdict == "defect", r.mask, r.cls, size, part).items():
             if k in tasks:
                 tasks[k].append(bool(v))
@@ -116,6 +120,7 @@ def summarize(results: list[FrameResult], truth: list[FrameTruth], sent: dict[st
         "pixel_f1": round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None,
         "ddqa_accuracy": {k: _share(v) for k, v in tasks.items()},
         "ddqa_questions": {k: len(v) for k, v in tasks.items()},
+        "dc_confusion": {k: dict(sorted(v.items())) for k, v in sorted(confusion.items())},
         "explanations": len(explained),
         # consistent: names nothing the findings contradict; complete: names the main finding's
         # position and type; rule-written: the model's text owed one of them, the rules' was published
