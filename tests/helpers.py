@@ -21,16 +21,18 @@ def lg(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
 class Station:
     """The server process plus a subscriber and a sender, all on loopback."""
 
-    def __init__(self, bundle: Path, tmp: Path, *extra: str) -> None:
+    def __init__(self, bundle: Path, tmp: Path, *extra: str, http: bool = False) -> None:
         self.ports = dict(zip(("ingest", "publish", "imagezmq", "metrics"), free_ports(4)))
         self.ingest = f"tcp://127.0.0.1:{self.ports['ingest']}"
         self.publish = f"tcp://127.0.0.1:{self.ports['publish']}"
         self.imagezmq = f"tcp://127.0.0.1:{self.ports['imagezmq']}"
         self.db = tmp / "results.db"
+        self.http = f"http://127.0.0.1:{self.ports['metrics']}/"  # the web view (``http``) or /metrics alone
+        web = ["--http", f"127.0.0.1:{self.ports['metrics']}"] if http else ["--metrics-port", str(self.ports["metrics"])]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lineguard", "serve", str(bundle), "--ingest", self.ingest, "--publish",
-             self.publish, "--imagezmq", self.imagezmq, "--db", str(self.db), "--metrics-port",
-             str(self.ports["metrics"]), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             self.publish, "--imagezmq", self.imagezmq, "--db", str(self.db), *web, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert line, self.proc.stderr.read()
         self.ready = json.loads(line)
@@ -64,3 +66,14 @@ class Station:
         self.ctx.term()
         last = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
         return self.proc.returncode, last | {"stderr": err}
+
+
+def wait_for(cond: callable, timeout: float = 30.0, what: str = "condition", show: callable = None):
+    """``cond()``'s first truthy value, polled; fails naming ``what`` (and ``show()``) at the timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}" + (f": {show()}" if show else ""))

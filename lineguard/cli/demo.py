@@ -20,10 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.add_argument("--seed", type=int, default=0)
     constrain_arg(d)
+    d.add_argument("--http", default="127.0.0.1:8321", metavar="HOST:PORT",
+                   help="the station's web view (another free port if this one is taken; 'off': none)")
+    d.add_argument("--hold", action="store_true",
+                   help="keep the station and its web view up after the line has run, until Ctrl-C")
     d.set_defaults(run=cmd_demo)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from lineguard.demo.main import run_demo
 
-    return run_demo(a.out, a.bundle, a.duration, a.rate, a.cache, a.rebuild, a.quiet, a.seed, a.json, a.constrain)
+    return run_demo(a.out, a.bundle, a.duration, a.rate, a.cache, a.rebuild, a.quiet, a.seed, a.json, a.constrain,
+                    None if a.http == "off" else a.http, a.hold)

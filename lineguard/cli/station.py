@@ -37,7 +37,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--no-sam", action="store_true", help="serve without SAM (masks from the expert's map)")
     sv.add_argument("--artifacts", help="folder for a mask PNG and overlay JPEG per flagged frame")
     sv.add_argument("--keep-artifacts", type=positive(int), default=1000, help="frames whose artefacts are kept")
-    sv.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on 127.0.0.1:PORT")
+    sv.add_argument("--http", metavar="HOST:PORT", help="the web view (live line, history, bundle), its JSON API, "
+                    "/metrics and /healthz on one port; loopback unless --http-token is given")
+    sv.add_argument("--http-token", help="a secret every web request must carry (required off loopback)")
+    sv.add_argument("--http-token-file", help="read --http-token from this file")
+    sv.add_argument("--metrics-port", type=int, help="the same server on 127.0.0.1:PORT (short for --http)")
+    sv.add_argument("--deadline-ms", type=positive(float),
+                    help="every frame gets a decision this long after it arrives: the fail-safe if its verdict is late")
+    sv.add_argument("--on-deadline", choices=("reject", "accept", "none"), default="reject",
+                    help="the fail-safe verdict: reject (defect), accept (good), or none (only counted and marked)")
+    sv.add_argument("--mqtt", action="append", default=[], metavar="URL",
+                    help="publish results to an MQTT broker: mqtt://[user:password@]host[:port]/prefix "
+                         "(mqtts:// for TLS); repeatable")
+    sv.add_argument("--mqtt-qos", type=int, default=1, choices=(0, 1, 2))
+    sv.add_argument("--mqtt-backlog", type=positive(int), default=1000,
+                    help="messages kept while the broker is away (then dropped, counted)")
+    sv.add_argument("--mqtt-ca", help="CA certificate file for mqtts://")
+    sv.add_argument("--webhook", action="append", default=[], metavar="URL",
+                    help="POST each result's JSON to this URL; repeatable")
+    sv.add_argument("--webhook-timeout", type=positive(float), default=2.0, help="seconds per attempt")
+    sv.add_argument("--webhook-tries", type=positive(int), default=3, help="attempts per message (back-off doubles)")
+    sv.add_argument("--sink-queue", type=positive(int), default=1000,
+                    help="messages each line output may hold before it drops (counted)")
     sv.add_argument("--drain", type=float, default=10.0, help="seconds to finish queued frames at SIGTERM")
     sv.add_argument("--max-pixels", type=positive(int), default=40_000_000, help="largest frame accepted")
     sv.set_defaults(run=cmd_serve)
@@ -57,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rs = sub.add_parser("results", help="subscribe to a runtime's results and print or save them")
     rs.add_argument("--connect", default="tcp://127.0.0.1:5556")
+    rs.add_argument("--mqtt", metavar="URL", help="read from an MQTT broker instead: mqtt://host[:port]/prefix")
+    rs.add_argument("--mqtt-ca", help="CA certificate file for mqtts://")
     rs.add_argument("--topics", default="verdict,explanation,error")
     rs.add_argument("--out", help="append results.jsonl and save mask PNGs here")
     rs.add_argument("--count", type=positive(int), help="stop after N messages")
@@ -96,15 +119,55 @@ def cmd_serve(a: argparse.Namespace) -> int:
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain, constrain=a.constrain,
                       sam_precision=a.sam_precision, masks=not a.no_sam, expert_workers=a.expert_workers, background_threads=a.background_threads,
                       background_nice=a.background_nice,
-                      limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts)
-    ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm)
+                      limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts,
+                      deadline_ms=a.deadline_ms, on_deadline=a.on_deadline)
+    ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm,
+                   http=http_address(a), http_token=http_token(a))
     if a.expert_workers < 0:
         raise LineguardError(f"--expert-workers {a.expert_workers}: use 0 (auto) or a positive count")
     bundle = Bundle.load(a.bundle)
     if a.sam_precision and bundle.has_stage("sam") and a.sam_precision not in bundle.stage("sam")["variants"]:
         raise LineguardError(f"--sam-precision {a.sam_precision}: the bundle's SAM has "
                              f"{', '.join(bundle.stage('sam')['variants'])}")
-    return Server(bundle, cfg, ep, a.db, a.metrics_port).serve(a.drain)
+    return Server(bundle, cfg, ep, a.db, line_sinks(a)).serve(a.drain)
+
+
+def line_sinks(a: argparse.Namespace) -> list:
+    """The line outputs asked for on the command line (their libraries imported only then)."""
+    sinks: list = []
+    if a.mqtt:
+        from lineguard.runtime.station.sinks.mqtt import MqttSink
+
+        sinks += [MqttSink(u, a.mqtt_qos, a.mqtt_backlog, a.mqtt_ca, a.sink_queue) for u in a.mqtt]
+    if a.webhook:
+        from lineguard.runtime.station.sinks.webhook import WebhookSink
+
+        sinks += [WebhookSink(u, a.webhook_timeout, a.webhook_tries, queue_size=a.sink_queue) for u in a.webhook]
+    return sinks
+
+
+def http_address(a: argparse.Namespace) -> tuple[str, int] | None:
+    if a.http and a.metrics_port is not None:
+        raise LineguardError("--http and --metrics-port name the same server: give one")
+    if a.http:
+        from lineguard.runtime.station.web.server import parse_http
+
+        return parse_http(a.http)
+    return ("127.0.0.1", a.metrics_port) if a.metrics_port is not None else None
+
+
+def http_token(a: argparse.Namespace) -> str | None:
+    if a.http_token and a.http_token_file:
+        raise LineguardError("--http-token and --http-token-file: give one")
+    if a.http_token_file:
+        try:
+            token = open(a.http_token_file, encoding="utf-8").read().strip()
+        except OSError as e:
+            raise LineguardError(f"--http-token-file {a.http_token_file}: {e.strerror}") from None
+        if not token:
+            raise LineguardError(f"--http-token-file {a.http_token_file}: the file is empty")
+        return token
+    return a.http_token or None
 
 
 def cmd_camera(a: argparse.Namespace) -> int:
@@ -119,7 +182,8 @@ def cmd_camera(a: argparse.Namespace) -> int:
 def cmd_results(a: argparse.Namespace) -> int:
     from lineguard.runtime.clients.subscriber import run_results
 
-    return run_results(a.connect, a.topics.split(","), a.out, a.count, a.timeout, a.json, a.curve_keys)
+    return run_results(a.connect, a.topics.split(","), a.out, a.count, a.timeout, a.json, a.curve_keys, a.mqtt,
+                       a.mqtt_ca)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:

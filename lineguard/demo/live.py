@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from lineguard.demo.truth import read_truth
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.clients.bench import Served
 from lineguard.runtime.errors import LineguardError
+from lineguard.runtime.ports import free_ports
 
 TOPICS = ("verdict", "explanation", "error")
 
@@ -69,16 +71,45 @@ class Camera:
         return json.loads(lines[-1])
 
 
+def web_address(http: str | None) -> str | None:
+    """The demo's web view: the address asked for, or a free loopback port where it is taken."""
+    if http is None:
+        return None
+    from lineguard.runtime.station.web.server import parse_http
+
+    host, port = parse_http(http)
+    try:
+        with socket.socket() as s:
+            s.bind((host, port))
+        return f"{host}:{port}"
+    except OSError:
+        return f"127.0.0.1:{free_ports(1)[0]}"
+
+
+def _hold(url: str | None, quiet: bool) -> None:
+    """Keep the station up (its web view open) until Ctrl-C."""
+    if not quiet:
+        print(f"the line has run; the station stays up{f' at {url}' if url else ''} until Ctrl-C", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float | None, quiet: bool = False,
              explain_wait: float = 60.0, extra: dict[str, Any] | None = None,
-             serve_args: list[str] | None = None) -> dict[str, Any]:
+             serve_args: list[str] | None = None, http: str | None = None, hold: bool = False) -> dict[str, Any]:
     truth = read_truth(video.with_name("line.csv"))
     n_video = len(truth)
     frames = max(1, int(round(rate * duration))) if duration else n_video
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "serve.log", "w")
-    server = Served(str(bundle), ["--artifacts", str(out / "overlays"), "--keep-artifacts", "200", *(serve_args or [])],
-                    stderr=log, new_session=True)
+    (out / "results.db").unlink(missing_ok=True)  # this run's rows only: the history page shows this run
+    server = Served(str(bundle), ["--artifacts", str(out / "overlays"), "--keep-artifacts", "200",
+                                  "--db", str(out / "results.db"), *(serve_args or [])],
+                    stderr=log, new_session=True, http=web_address(http))
+    url = server.ready.get("http")
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     for t in TOPICS:
@@ -111,6 +142,8 @@ def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float 
     if not quiet:
         print(f"serving {bundle} ({', '.join(stages) or 'expert'}) at {rate:g} frames/s for {frames} frames; "
               "Ctrl-C stops", flush=True)
+        if url:
+            print(f"web view: {url}  (live line, history, bundle; --hold keeps it up after the run)", flush=True)
     try:
         deadline = None
         while True:
@@ -124,6 +157,8 @@ def run_live(bundle: Path, video: Path, out: Path, rate: float, duration: float 
                 waiting = [r for r in results.values() if r.waiting(explain="llm" in stages)]
                 if (answered >= sent.get("sent", 0) and not waiting) or time.time() > deadline:
                     break
+        if hold:
+            _hold(url, quiet)
     except KeyboardInterrupt:
         interrupted = True
         if not quiet:

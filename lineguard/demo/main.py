@@ -34,7 +34,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, duration: float | None = None,
              rate: float = 10.0, cache: str | None = None, rebuild: bool = False, quiet: bool = False,
-             seed: int = 0, as_json: bool = False, constrain: bool | None = None) -> int:
+             seed: int = 0, as_json: bool = False, constrain: bool | None = None, http: str | None = None,
+             hold: bool = False) -> int:
     if (duration is not None and duration <= 0) or rate <= 0:
         raise InputError(f"--duration {duration} and --rate {rate} must be positive")
     out = Path(out)
@@ -47,9 +48,9 @@ def run_demo(out: str | Path = "lineguard-demo", bundle: str | None = None, dura
     # how the default models came out (steps, held-out grounding): the same on every machine
     extra = {"default_bundle": json.loads(record.read_text()).get("trained")} if not bundle and record.is_file() else {}
     summary = run_live(path, video, out, rate, duration, quiet, extra=extra,
-                       serve_args=["--no-constrain"] if constrain is False else [])
+                       serve_args=["--no-constrain"] if constrain is False else [], http=http, hold=hold)
     text = describe(summary) + (f"\n{describe_trained(summary['default_bundle'])}"
                                 if summary.get("default_bundle") else "")
     print(json.dumps(summary, indent=2) if as_json else "\n" + text)
-    print(f"report: {out}/ (summary.json, summary.png, results.jsonl, overlays/)", file=sys.stderr)
+    print(f"report: {out}/ (summary.json, summary.png, results.jsonl, results.db, overlays/)", file=sys.stderr)
     return 130 if summary["interrupted"] else 0

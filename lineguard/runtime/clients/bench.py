@@ -67,13 +67,15 @@ class Served:
     """A `lineguard serve` subprocess on free loopback ports."""
 
     def __init__(self, bundle: str, serve_args: list[str], stderr: Any = subprocess.PIPE,
-                 new_session: bool = False) -> None:
+                 new_session: bool = False, http: str | None = None) -> None:
+        """``http``: HOST:PORT for the web view (else its server, with /metrics and /healthz, on a free port)."""
         p = dict(zip(("ingest", "publish", "metrics"), free_ports(3)))
         self.ingest, self.publish = f"tcp://127.0.0.1:{p['ingest']}", f"tcp://127.0.0.1:{p['publish']}"
-        self.metrics = p["metrics"]
+        self.metrics = int(http.rsplit(":", 1)[1]) if http else p["metrics"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lineguard", "serve", bundle, "--ingest", self.ingest, "--publish", self.publish,
-             "--metrics-port", str(self.metrics), *serve_args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+             "--http", http or f"127.0.0.1:{self.metrics}", *serve_args], stdout=subprocess.PIPE, stderr=stderr,
+            text=True,
             start_new_session=new_session)  # a new session: a terminal's Ctrl-C reaches only the caller
         line = self.proc.stdout.readline()
         if not line:
@@ -133,6 +135,8 @@ def summarize(samples: list[Sample], gen: dict[str, Any], duration: float) -> di
         "offered_fps": gen["offered_fps"], "generated_fps": gen["generated_fps"], "frames": len(samples),
         "achieved_verdict_fps": round(len(verdicts) / span, 2) if verdicts and span > 0 else 0.0,
         "verdicts": len(verdicts), "dropped": len(dropped), "errors": len(errors), "unaccounted": len(lost),
+        # a decision at the deadline instead of the model's verdict (serve --deadline-ms)
+        "deadline_missed": sum(s.deadline_missed for s in samples),
         "send_failed": gen["send_failed"], "flagged": len(flagged),
         # the verdict is the line's contract; masks and explanations are best effort and counted here
         "masks_dropped": sum(s.late_error == "dropped_defects" for s in flagged),
@@ -306,7 +310,8 @@ def _line(r: dict[str, Any]) -> str:
     lat = r["verdict_latency_ms"]
     return (f"offered {r['offered_fps']:>7} fps  verdicts {r['achieved_verdict_fps']:>7} fps  p50 {lat['p50']} ms  "
             f"p99 {lat['p99']} ms  dropped {r['dropped']}  errors {r['errors']}  unaccounted {r['unaccounted']}  "
-            f"{'PASS' if r['pass'] else 'FAIL'}")
+            + (f"deadline missed {r['deadline_missed']}  " if r.get("deadline_missed") else "")
+            + f"{'PASS' if r['pass'] else 'FAIL'}")
 
 
 def table(report: dict[str, Any]) -> str:

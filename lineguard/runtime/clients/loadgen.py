@@ -59,6 +59,7 @@ class Sample:
     error: str | None = None
     late_error: str | None = None  # after the verdict: masks or explanation dropped or failed
     server_ts: dict[str, float] = field(default_factory=dict)
+    deadline_missed: bool = False  # the decision was the fail-safe (or the verdict came late)
 
 
 class Collector(threading.Thread):
@@ -86,8 +87,14 @@ class Collector(threading.Thread):
                 if s is None:
                     self.other += 1
                     continue
-                if topic == "verdict" and not body.get("update"):
-                    s.verdict_at, s.verdict, s.server_ts = now, body.get("verdict"), body.get("ts", {})
+                if topic == "verdict" and body.get("deadline_missed"):
+                    s.deadline_missed = True
+                if topic == "verdict" and body.get("reason") == "deadline":  # the decision, at the deadline
+                    s.verdict_at, s.verdict, s.deadline_missed = now, body.get("verdict"), True
+                elif topic == "verdict" and (not body.get("update") or body.get("update") == "verdict"):
+                    if s.verdict_at is None:
+                        s.verdict_at = now
+                    s.verdict, s.server_ts = body.get("verdict"), body.get("ts", {})
                 elif topic == "verdict":
                     s.masks_at = now
                     s.server_ts = body.get("ts", s.server_ts)

@@ -1,4 +1,5 @@
-"""`/metrics` (Prometheus text format) and `/healthz` (JSON: stage states, counters, queue depths).
+"""What `/metrics` (Prometheus text format) and `/healthz` (JSON: stage states, counters, queue
+depths) say; the web server (``station/web``) serves them beside its pages.
 
 A collector reads the pipeline's counters at scrape time, so the stages pay one locked
 increment per event and nothing per scrape.
@@ -6,9 +7,6 @@ increment per event and nothing per scrape.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lineguard.runtime.station.pipeline import Pipeline
@@ -31,6 +29,9 @@ def _collector(p: Pipeline) -> Any:
             for k in ("received", "verdicts", "errors", "dropped", "explanations", "repeated_ids"):
                 c.add_metric([k], counts.get(k, 0))
             yield c
+            w = CounterMetricFamily("lineguard_web_errors", "web view requests that failed (the station went on)")
+            w.add_metric([], counts.get("web_errors", 0))
+            yield w
             v = CounterMetricFamily("lineguard_verdicts", "verdicts by class", labels=["verdict"])
             for k, n in verdicts.items():
                 v.add_metric([k], n)
@@ -61,6 +62,13 @@ def _collector(p: Pipeline) -> Any:
                     cum.append((le, acc))
                 h.add_metric([stage], cum, sums.get(stage, 0.0))
             yield h
+            sk = CounterMetricFamily("lineguard_sink_messages", "results offered to each line output, by outcome",
+                                     labels=["sink", "outcome"])
+            for sink in p.outbox.sinks:
+                for outcome, n in sink.state().items():
+                    if outcome in ("offered", "sent", "dropped", "failed", "retries"):
+                        sk.add_metric([sink.name, outcome], n)
+            yield sk
             prov = GaugeMetricFamily("lineguard_stage_info", "stage state and engine provider", labels=["stage", "state"])
             for stage, state in p.health.items():
                 prov.add_metric([stage, state], 1)
@@ -69,44 +77,19 @@ def _collector(p: Pipeline) -> Any:
     return Collector()
 
 
-class HealthServer:
-    def __init__(self, port: int, pipeline: Pipeline, out_queue: Any, host: str = "127.0.0.1") -> None:
-        from prometheus_client import CollectorRegistry, generate_latest
+def registry(p: Pipeline) -> Any:
+    """A Prometheus registry holding the station's collector (``generate_latest`` renders it)."""
+    from prometheus_client import CollectorRegistry
 
-        registry = CollectorRegistry()
-        registry.register(_collector(pipeline))
+    reg = CollectorRegistry()
+    reg.register(_collector(p))
+    return reg
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path.startswith("/metrics"):
-                    body, ctype = generate_latest(registry), "text/plain; version=0.0.4"
-                elif self.path.startswith("/healthz"):
-                    states = pipeline.health
-                    ok = all(not s.startswith("degraded") for s in states.values())
-                    body = json.dumps({"status": "ok" if ok else "degraded", "stages": states,
-                                       "queues": {"decode": pipeline.q_decode.qsize(), "defects": pipeline.q_defect.qsize(),
-                                                  "explain": pipeline.q_llm.qsize(), "publish": out_queue.qsize()}}
-                                      | pipeline.stats.snapshot()).encode()
-                    ctype = "application/json"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:  # scrapes are not news
-                pass
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="health", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def station_health(p: Pipeline, out_queue: Any) -> dict[str, Any]:
+    """``/healthz``: stage states, queue depths and the counters."""
+    ok = all(not s.startswith("degraded") for s in p.health.values())
+    return {"status": "ok" if ok else "degraded", "stages": dict(p.health),
+            "queues": {"decode": p.q_decode.qsize(), "defects": p.q_defect.qsize(), "explain": p.q_llm.qsize(),
+                       "publish": out_queue.qsize()},
+            "sinks": {s.name: s.state() for s in p.outbox.sinks}} | p.stats.snapshot()

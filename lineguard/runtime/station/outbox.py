@@ -1,4 +1,5 @@
-"""Where a frame's results go: artefacts on disk, then the store, then the PUB socket, then the counters.
+"""Where a frame's results go: artefacts on disk, then the store, then the PUB socket (and the web
+view's live feed and the line's sinks, where there are any), then the counters.
 
 Every result of the station leaves through here, so the order (stored before published) and
 the message bodies are written once. Each message carries the station's ``seq`` beside the
@@ -26,21 +27,54 @@ def body(f: Frame) -> dict[str, Any]:
 
 class Outbox:
     def __init__(self, publish: Publish, stats: Stats, store: ResultStore | None = None,
-                 artifacts: Artifacts | None = None, pixel_t: float | None = None) -> None:
-        self.publish, self.stats, self.store, self.artifacts, self.pixel_t = publish, stats, store, artifacts, pixel_t
+                 artifacts: Artifacts | None = None, pixel_t: float | None = None, live: Any = None,
+                 sinks: list[Any] | None = None) -> None:
+        self._publish, self.stats, self.store, self.artifacts, self.pixel_t = publish, stats, store, artifacts, pixel_t
+        self.live = live  # the web view's LiveFeed: O(1) notes, folded in on the web server's own thread
+        self.sinks = sinks or []  # MQTT, OPC UA, webhooks: each a bounded queue and a thread of its own
 
-    def verdict(self, f: Frame, ins: Inspection) -> None:
+    def publish(self, topic: str, body: dict[str, Any], png: bytes | None) -> None:
+        self._publish(topic, body, png)
+        if self.live is not None:
+            self.live.note(topic, body, png)
+        for s in self.sinks:
+            s.offer(topic, body, png)
+
+    def verdict(self, f: Frame, ins: Inspection, late: str | None = None) -> None:
+        """``late``: the frame's deadline passed first — "failsafe" (its fail-safe verdict was the
+        decision: this one follows as ``"update": "verdict"``) or "missed" (no fail-safe: marked)."""
         rec = ins.record
         repeat = bool(self.store) and self.store.verdict(f.seq, f.frame_id, f.camera,
-                                                         rec | {"findings": {"hottest": rec["hottest"]}}, f.ts)
+                                                         rec | {"findings": {"hottest": rec["hottest"]}}, f.ts,
+                                                         late=late is not None)
         if repeat:  # the sender used this id before: both frames are kept, and it is said
             self.stats.inc("repeated_ids")
         f.ts["verdict"] = time.time()
-        self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)} | ({"repeat": True} if repeat else {}), None)
+        if self.live is not None:
+            self.live.frame(f.camera, f.seq, f.image, rec["verdict"] == "defect")
+        extra = ({"repeat": True} if repeat else {}) | ({"deadline_missed": True} if late else {}) \
+            | ({"update": "verdict"} if late == "failsafe" else {})
+        self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)} | extra, None)
         self.stats.inc("verdicts")
         with self.stats.lock:
             self.stats.verdicts[str(rec["verdict"])] += 1
+            self.stats.cameras[f.camera]["frames"] += 1
+            self.stats.cameras[f.camera]["defects"] += rec["verdict"] == "defect"
         self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
+
+    def failsafe(self, seq: int, fid: str | None, cam: str | None, verdict: str | None, received: float,
+                 deadline_ms: float) -> None:
+        """A frame with no verdict at its deadline: the fail-safe verdict (``None``: only counted and
+        marked, as ``--on-deadline none`` asks), stored and published before anything later of it."""
+        self.stats.inc("deadline_missed")
+        self.stats.camera(cam, "deadline_missed")
+        if verdict is None:
+            return
+        ts = {"received": received, "deadline": time.time()}
+        if self.store:
+            self.store.failsafe(seq, fid, cam, verdict, ts)
+        self.publish("verdict", {"seq": seq, "frame_id": fid, "camera": cam, "verdict": verdict, "score": None,
+                                 "reason": "deadline", "deadline_ms": deadline_ms, "ts": ts}, None)
 
     def files(self, f: Frame, ins: Inspection) -> tuple[bytes | None, dict[str, str]]:
         """(the union mask as PNG, the artefacts' paths): encoding and disk writes, run by the caller's
@@ -70,6 +104,7 @@ class Outbox:
         """A frame that got no verdict: stored as an error (or a drop), then published."""
         if status != "dropped":
             self.stats.inc("errors")
+            self.stats.camera(cam, "errors")
         if self.store and self.store.error(seq, fid, cam, reason, code, ts, status):
             self.stats.inc("repeated_ids")
         self.publish("error", {"seq": seq, "frame_id": fid, "camera": cam, "code": code, "reason": reason,
@@ -78,6 +113,7 @@ class Outbox:
     def late_error(self, f: Frame, reason: str, code: str = "stage_failed") -> None:
         """A failure after the verdict was out (masks or explanation): the row keeps its verdict."""
         self.stats.inc("errors")
+        self.stats.camera(f.camera, "errors")
         if self.store:
             self.store.update(f.seq, f.ts, error=reason, error_code=code)
         self.publish("error", body(f) | {"code": code, "reason": reason, "ts": dict(f.ts)}, None)

@@ -42,6 +42,7 @@ from lineguard.runtime.inspection import Inspection, Inspector, load_explainer, 
 from lineguard.runtime.stages import classify
 from lineguard.runtime.stages.expert import Expert
 from lineguard.runtime.station.artifacts import Artifacts
+from lineguard.runtime.station.deadline import Deadline
 from lineguard.runtime.station.outbox import Outbox, Publish
 from lineguard.runtime.station.protocol import Frame, FrameError, Limits, parse_frame, parse_imagezmq
 from lineguard.runtime.station.stats import Stats
@@ -73,6 +74,8 @@ class ServeConfig:
     constrain: bool | None = None  # grounded decoding; None: the bundle's setting (on)
     masks: bool = True  # False: no SAM even where the bundle has it (masks from the expert's map)
     limits: Limits = field(default_factory=Limits)
+    deadline_ms: float | None = None  # every frame gets a decision this long after arrival (fail-safe if need be)
+    on_deadline: str = "reject"  # the fail-safe: reject (defect), accept (good), none (only counted)
     artifacts: str | None = None  # mask PNG + overlay JPEG per flagged frame
     keep_artifacts: int = 1000  # frames whose artefacts are kept; older ones are deleted
 
@@ -81,7 +84,7 @@ class Pipeline:
     """Owns the stage threads and their queues. ``publish(topic, body, png)`` sends one result (thread-safe)."""
 
     def __init__(self, bundle: Bundle, cfg: ServeConfig, publish: Publish, store: ResultStore | None = None,
-                 opts: EngineOptions | None = None) -> None:
+                 opts: EngineOptions | None = None, live: Any = None, sinks: list[Any] | None = None) -> None:
         self.bundle, self.cfg, self.store = bundle, cfg, store
         self.stats = Stats()
         opts = opts or EngineOptions(device=cfg.device, threads=cfg.threads, spinning=cfg.spinning)
@@ -103,11 +106,12 @@ class Pipeline:
             log.error("defect classifier unusable, serving without types: %s", e)
         self.inspector = Inspector(bundle, self.experts[0], sam, classifier, explainer, cfg.top_k, cfg.sam_mode)
         artifacts = Artifacts(cfg.artifacts, cfg.keep_artifacts) if cfg.artifacts else None
-        self.outbox = Outbox(publish, self.stats, store, artifacts, bundle.thresholds.get("pixel"))
+        self.outbox = Outbox(publish, self.stats, store, artifacts, bundle.thresholds.get("pixel"), live, sinks)
         # the station's own frame ids: after the store's last, so a restart never reuses one
         self.seq = itertools.count((store.last_seq() if store else 0) + 1)
         self.run_id = secrets.token_hex(3)  # in imagezmq frames' ids, which their senders do not give
         self.imagezmq_count = itertools.count(1)
+        self.deadline = Deadline(cfg.deadline_ms, cfg.on_deadline, self._failsafe) if cfg.deadline_ms else None
         self.q_decode: queue.Queue[Any] = queue.Queue(cfg.decode_queue)
         self.q_expert: queue.Queue[Any] = queue.Queue(max(cfg.max_batch * 4, 8))
         self.q_defect: queue.Queue[Any] = queue.Queue(cfg.defect_queue)
@@ -155,6 +159,8 @@ class Pipeline:
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
+        if self.deadline:
+            self.deadline.start()
         for t in self.threads:
             t.start()
 
@@ -167,6 +173,8 @@ class Pipeline:
             return False
         for t in self.threads:
             t.join(max(0.0, end - time.monotonic()))
+        if self.deadline:
+            self.deadline.stop()
         return not any(t.is_alive() for t in self.threads)
 
     def _run(self, q: queue.Queue[Any], handle: Callable[[Any], None], then: Callable[[], bool | None],
@@ -192,6 +200,8 @@ class Pipeline:
         received = time.time()
         seq = next(self.seq)
         self.stats.inc("received")
+        if self.deadline:  # the header part only: it names the frame if its fail-safe must be sent
+            self.deadline.register(seq, received, (parts[:1], kind))
         try:
             self.q_decode.put_nowait((seq, parts, kind, received))
             return None
@@ -201,6 +211,12 @@ class Pipeline:
             self.outbox.error(seq, fid, cam, "dropped: the decode queue is full (the line outruns the station)",
                               "dropped", {"received": received}, status="dropped")
             return "dropped"
+
+    def _failsafe(self, seq: int, received: float, ident: tuple[list[Any], str]) -> None:
+        fid, cam = _peek_ids(*ident)
+        if ident[1] == "imagezmq":
+            fid = None  # its id is made at decoding; the fail-safe names the camera and seq
+        self.outbox.failsafe(seq, fid, cam, self.deadline.verdict, received, self.cfg.deadline_ms)
 
     # ---- stages --------------------------------------------------------------------------
     def _decode(self, item: tuple[int, list[Any], str, float]) -> None:
@@ -282,7 +298,9 @@ class Pipeline:
             f.ts |= {"expert_start": t0, "expert_done": t1}
             try:
                 ins = Inspection(self.inspector.record(f.image, r), r)
-                self.outbox.verdict(f, ins)
+                late = None if self.deadline is None or self.deadline.claim(f.seq) else \
+                    ("failsafe" if self.deadline.verdict else "missed")
+                self.outbox.verdict(f, ins, late)
                 if r.verdict == "defect":
                     try:
                         self.q_defect.put_nowait((f, ins))

@@ -21,10 +21,10 @@ import zmq
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.errors import LineguardError
 from lineguard.runtime.station.curve import curve_server
-from lineguard.runtime.station.health import HealthServer
 from lineguard.runtime.station.pipeline import Pipeline, ServeConfig
 from lineguard.runtime.station.protocol import result_message
 from lineguard.runtime.station.store import ResultStore
+from lineguard.runtime.station.web.feed import LiveFeed
 
 log = logging.getLogger("lineguard.serve")
 
@@ -36,11 +36,13 @@ class Endpoints:
     imagezmq: str | None = None
     curve_keys: str | None = None
     hwm: int = 64  # per-socket message high-water mark
+    http: tuple[str, int] | None = None  # the web view, API, /metrics and /healthz
+    http_token: str | None = None  # required off loopback
 
 
 class Server:
     def __init__(self, bundle: Bundle, cfg: ServeConfig, ep: Endpoints, db: str | None = None,
-                 health_port: int | None = None) -> None:
+                 sinks: list[Any] | None = None) -> None:
         self.ctx = zmq.Context()
         self.ep = ep
         self.auth = None
@@ -50,12 +52,18 @@ class Server:
             self.keys = (pub, sec)
         self.out: queue.Queue[list[bytes] | None] = queue.Queue()
         self.store = ResultStore(db) if db else None
-        self.pipeline = Pipeline(bundle, cfg, self._publish, self.store)
+        feed = LiveFeed() if ep.http else None
+        self.sinks = sinks or []
+        self.pipeline = Pipeline(bundle, cfg, self._publish, self.store, live=feed, sinks=self.sinks)
         self.stop_event = threading.Event()
         self.pub = self._socket(zmq.PUB, ep.publish)
         self.pull = self._socket(zmq.PULL, ep.ingest)
         self.rep = self._socket(zmq.REP, ep.imagezmq) if ep.imagezmq else None
-        self.health = HealthServer(health_port, self.pipeline, self.out) if health_port is not None else None
+        self.web = None
+        if ep.http:  # starlette and uvicorn only when asked for
+            from lineguard.runtime.station.web.server import WebServer
+
+            self.web = WebServer(*ep.http, self.pipeline, self.out, feed, db, ep.http_token)
 
     def _socket(self, kind: int, addr: str) -> zmq.Socket:
         s = self.ctx.socket(kind)
@@ -111,16 +119,20 @@ class Server:
             signal.signal(sig, lambda *_: self.stop_event.set())
         publisher = threading.Thread(target=self._publisher, name="publish", daemon=True)
         publisher.start()
+        for sink in self.sinks:
+            sink.start()
         self.pipeline.start()
-        if self.health:
-            self.health.start()
+        if self.web:
+            self.web.start()
         ingest = threading.Thread(target=self._ingest, name="ingest", daemon=True)
         ingest.start()
         log.info("serving: ingest %s%s, results %s%s", self.ep.ingest,
                     f", imagezmq {self.ep.imagezmq}" if self.ep.imagezmq else "", self.ep.publish,
                     ", CURVE on" if self.keys else "")
         print(json.dumps({"event": "ready", "ingest": self.ep.ingest, "publish": self.ep.publish,
-                          "imagezmq": self.ep.imagezmq, "health": self.pipeline.health}), flush=True)
+                          "imagezmq": self.ep.imagezmq, "http": self.web.url if self.web else None,
+                          "sinks": [s.name for s in self.sinks],
+                          "health": self.pipeline.health}), flush=True)
         while not self.stop_event.wait(0.2):
             pass
         ingest.join()
@@ -131,13 +143,16 @@ class Server:
         for s in (self.pull, self.rep, self.pub):
             if s is not None:
                 s.close()
-        if self.health:
-            self.health.stop()
+        for sink in self.sinks:  # what they hold is sent (a few seconds), then they stop
+            sink.close()
+        if self.web:
+            self.web.stop()
         if self.auth:
             self.auth.stop()
         if self.store:
             self.store.close()
         self.ctx.term()
-        summary = {"event": "stopped", "drained": drained} | self.pipeline.stats.snapshot()
+        summary = {"event": "stopped", "drained": drained} | self.pipeline.stats.snapshot() \
+            | ({"sinks": {s.name: s.state() for s in self.sinks}} if self.sinks else {})
         print(json.dumps(summary), flush=True)
         return 0

@@ -17,6 +17,7 @@ class Stats:
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.dropped: dict[str, Counter[str]] = defaultdict(Counter)  # camera → stage → n
+        self.cameras: dict[str, Counter[str]] = defaultdict(Counter)  # camera → frames | defects | errors → n
         self.verdicts: Counter[str] = Counter()
         self.latency: dict[str, list[float]] = defaultdict(list)  # stage → recent seconds (bounded)
         self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))  # histogram counts
@@ -26,6 +27,10 @@ class Stats:
     def inc(self, key: str, n: int = 1) -> None:
         with self.lock:
             self.counts[key] += n
+
+    def camera(self, camera: str | None, key: str) -> None:
+        with self.lock:
+            self.cameras[camera or "unknown"][key] += 1
 
     def drop(self, camera: str, stage: str) -> None:
         with self.lock:
@@ -45,4 +50,6 @@ class Stats:
         with self.lock:
             return {"counts": dict(self.counts), "errors": dict(self.errors), "verdicts": dict(self.verdicts),
                     "dropped": {c: dict(v) for c, v in self.dropped.items()},
+                    "cameras": {c: dict(v) | {"dropped": sum(self.dropped.get(c, {}).values())}
+                                for c, v in self.cameras.items()},
                     "mean_batch": (sum(self.batches[-1000:]) / len(self.batches[-1000:])) if self.batches else None}

@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS results (
     mask_path    TEXT,
     error        TEXT,
     error_code   TEXT,
-    ts           TEXT NOT NULL           -- JSON: stage timestamps
+    ts           TEXT NOT NULL,          -- JSON: stage timestamps
+    failsafe     TEXT,                   -- the fail-safe verdict published at the deadline (the gate's decision)
+    deadline_missed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS results_sender ON results(camera, frame_id);
 CREATE INDEX IF NOT EXISTS results_status ON results(status);
@@ -59,6 +61,10 @@ class ResultStore:
             self._db.execute("DROP INDEX IF EXISTS results_status")
             log.warning("%s: the old results table (keyed by camera and frame id) is kept as results_v0", self.path)
         self._db.executescript(SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(results)")}
+        for col, decl in (("failsafe", "TEXT"), ("deadline_missed", "INTEGER NOT NULL DEFAULT 0")):
+            if col not in have:  # a store from before the verdict deadline: the columns are added
+                self._db.execute(f"ALTER TABLE results ADD COLUMN {col} {decl}")
         self._lock = threading.Lock()
 
     def last_seq(self) -> int:
@@ -82,11 +88,17 @@ class ResultStore:
                              f"ON CONFLICT(seq) DO UPDATE SET {sets}", tuple(row.values()))
         return bool(row.get("repeat"))
 
-    def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float]) -> bool:
+    def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float],
+                late: bool = False) -> bool:
         return self._insert({"seq": seq, "frame_id": frame_id, "camera": camera, "status": "verdict",
                       "verdict": result.get("verdict"), "score": result.get("score"),
                       "score_norm": result.get("score_norm"), "findings": json.dumps(result.get("findings")),
-                      "ts": json.dumps(ts)})
+                      "ts": json.dumps(ts)} | ({"deadline_missed": 1} if late else {}))
+
+    def failsafe(self, seq: int, frame_id: str | None, camera: str | None, verdict: str, ts: dict[str, float]) -> None:
+        """The fail-safe decision at the deadline; the frame's real verdict (or error) updates the row later."""
+        self._insert({"seq": seq, "frame_id": frame_id, "camera": camera or "unknown", "status": "verdict",
+                      "verdict": verdict, "failsafe": verdict, "deadline_missed": 1, "ts": json.dumps(ts)})
 
     def update(self, seq: int, ts: dict[str, float], **fields: Any) -> None:
         """Add masks/findings/explanation to a frame's row (it exists: the verdict came first)."""

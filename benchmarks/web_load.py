@@ -1,0 +1,184 @@
+"""What the web view costs the verdict path: one served station under one open-loop load, the
+live page closed or open in headless Chromium, in alternating segments of one run (this machine's
+timing drifts by more than the effect; alternating spreads the drift over every condition):
+
+- ``closed``: the browser on ``about:blank`` (no page, no stream);
+- ``served``: what the station serves an open page — the event stream, each new latest frame as
+  JPEG, each new defect's frame and mask — fetched by a small client process at the lowest CPU
+  priority, as a browser on the operator's own machine would fetch it: the station's own cost;
+- ``chromium``: the live page in headless Chromium on the station's own 2 cores (rendering,
+  JPEG decoding, the mask outline), the worst case.
+
+    python -m benchmarks.web_load [--bundle B] [--images DIR] [--rate 60] [--seconds 30]
+                                  [--segments 6] [--out runs/web_load]
+
+Each condition gets ``--seconds`` of load in ``--segments`` pieces. Defaults: the demo's default
+bundle (all three stages, built if missing) and its line's parts, 5 % defects. Writes
+``web_load.json`` and ``web_load.png`` (latency distributions) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from lineguard.demo.build import build_default
+from lineguard.runtime.clients.bench import Served, run_step
+from lineguard.runtime.clients.loadgen import image_pools
+from lineguard.runtime.ports import free_ports
+
+
+def browser():  # noqa: ANN201 (selenium's driver)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=opts)
+
+
+def page_like(url: str, stop: Any) -> None:
+    """In its own process, at nice 19: the requests the live page makes, without the rendering."""
+    import os
+    import urllib.request
+
+    os.nice(19)
+    shown: dict[tuple[str, str], int] = {}
+    with urllib.request.urlopen(url + "api/stream", timeout=10) as stream:
+        while not stop.is_set():
+            line = stream.readline()
+            if not line.startswith(b"data: "):
+                continue
+            for cam, c in json.loads(line[6:])["cameras"].items():
+                for which in ("latest", "defect"):
+                    rec = c.get(which)
+                    if not rec or shown.get((cam, which)) == rec["seq"] or not rec["has_image"]:
+                        continue
+                    shown[(cam, which)] = rec["seq"]
+                    files = ["frame.jpg"] + (["mask.png"] if which == "defect" and rec["has_mask"] else [])
+                    for f in files:
+                        try:
+                            urllib.request.urlopen(f"{url}api/cameras/{cam}/{which}/{f}?seq={rec['seq']}",
+                                                   timeout=10).read()
+                        except OSError:  # that frame was already replaced: the page skips it too
+                            pass
+
+
+def pooled(reps: list[dict], lat: list[float]) -> dict:
+    """One condition over its segments: latency percentiles of all its frames, counts summed."""
+    keys = ("verdicts", "dropped", "errors", "unaccounted", "masks_dropped", "explanations_dropped")
+    out = {k: sum(r[k] for r in reps) for k in keys}
+    x = np.asarray(lat)
+    out["verdict_latency_ms"] = {f"p{q}": round(float(np.percentile(x, q)), 2) for q in (50, 90, 99)}
+    out["server_cpu_percent"] = round(float(np.mean([r["server_cpu_percent"] for r in reps])), 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", help="default: the demo's default bundle")
+    ap.add_argument("--images", help="MVTec-layout folder (default: the default bundle's line)")
+    ap.add_argument("--rate", type=float, default=60.0)
+    ap.add_argument("--seconds", type=float, default=30.0, help="load per condition, in all")
+    ap.add_argument("--segments", type=int, default=6, help="pieces each condition's load comes in")
+    ap.add_argument("--defect-rate", type=float, default=0.05)
+    ap.add_argument("--out", default="runs/web_load")
+    a = ap.parse_args()
+    bundle = Path(a.bundle) if a.bundle else build_default()
+    images = a.images or str(bundle.parent / "data" / "line")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pools = image_pools(images, seed=0)
+    served = Served(str(bundle), [], http=f"127.0.0.1:{free_ports(1)[0]}")
+    url = served.ready["http"]
+    ctx = zmq.Context()
+    names = ("closed", "served", "chromium")
+    reps: dict[str, list] = {n: [] for n in names}
+    lat: dict[str, list] = {n: [] for n in names}
+    missed: dict[str, int] = {n: 0 for n in names}
+    drv = browser()
+    seg = a.seconds / a.segments
+    try:
+        run_step(ctx, served.ingest, served.publish, pools, a.rate, 3.0, a.defect_rate, 30.0, 99, "w-",
+                 served.proc.pid, explained=True)  # warm-up, not recorded
+        for k in range(a.segments):
+            for name in names:
+                client = None
+                if name != "chromium":
+                    drv.get("about:blank")
+                if name == "served":
+                    stop = mp.Event()
+                    client = mp.Process(target=page_like, args=(url, stop), daemon=True)
+                    client.start()
+                elif name == "chromium":
+                    drv.get(url)
+                    end = time.monotonic() + 20
+                    while drv.execute_script("return document.getElementById('status').textContent") != "live":
+                        if time.monotonic() > end:
+                            raise RuntimeError("the live page did not connect")
+                        time.sleep(0.1)
+                time.sleep(1.0)  # the page settles
+                rep, got = run_step(ctx, served.ingest, served.publish, pools, a.rate, seg, a.defect_rate, 30.0,
+                                    10 * k + len(reps[name]), f"{name}{k}-", served.proc.pid, explained=True)
+                if client is not None:
+                    stop.set()
+                    client.join(5)
+                    client.kill()
+                if name == "chromium":  # every frame of the segment, as the page itself counted it
+                    time.sleep(1.0)
+                    seen = drv.execute_script("return window.__seen")
+                    missed[name] += sum(1 for s in got if s.verdict_at is not None and s.frame_id not in seen)
+                reps[name].append(rep)
+                lat[name] += [1e3 * (s.verdict_at - s.sent) for s in got if s.verdict_at is not None]
+                r = rep["verdict_latency_ms"]
+                print(f"{k} {name:19s} p50 {r['p50']} ms  p99 {r['p99']} ms  dropped {rep['dropped']}  "
+                      f"unaccounted {rep['unaccounted']}", flush=True)
+        health = served.health()
+    finally:
+        drv.quit()
+        served.stop()
+        ctx.destroy(0)
+    runs = {n: pooled(reps[n], lat[n]) | ({"not_shown_by_page": missed[n]} if n == "chromium" else {}) for n in names}
+    base = runs["closed"]["verdict_latency_ms"]["p99"]
+    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "bundle": str(bundle), "images": images, "rate": a.rate,
+           "seconds_per_condition": a.seconds, "segments": a.segments, "defect_rate": a.defect_rate, "runs": runs,
+           "p99_served_vs_closed": round(runs["served"]["verdict_latency_ms"]["p99"] / base, 3),
+           "p99_chromium_vs_closed": round(runs["chromium"]["verdict_latency_ms"]["p99"] / base, 3),
+           "web_errors": (health.get("counts") or {}).get("web_errors", 0)}
+    (out / "web_load.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot(lat, out / "web_load.png", a.rate)
+    print(json.dumps({k: res[k] for k in ("p99_served_vs_closed", "p99_chromium_vs_closed", "web_errors")}))
+
+
+def plot(samples: dict[str, list[float]], path: Path, rate: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, lat in samples.items():
+        x = np.sort(lat)
+        ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=f"page {name.replace('_', ' ')} (p99 "
+                f"{np.percentile(x, 99):.1f} ms)")
+    ax.set_xlabel("send → verdict latency, ms")
+    ax.set_ylabel("share of frames")
+    ax.set_title(f"verdict latency at {rate:g} frames/s, live page closed / open")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

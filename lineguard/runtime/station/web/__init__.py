@@ -1,0 +1,1 @@
+"""The station's web view: live line, history, bundle, a JSON API, `/metrics` and `/healthz`."""
