@@ -116,9 +116,14 @@ def test_mqtt_carries_what_zeromq_carries(full_bundle: Path, synth: Path, tmp_pa
         assert got == want  # the same JSON, every message, nothing else
         assert {t.rsplit("/", 2)[1] for t, _, _ in listen.got if not t.endswith("status")} == {"cam_A"}
         assert listen.topic("plant/line1/status")[0]["status"] == "online"
-        health = json.loads(urllib_get(f"http://127.0.0.1:{st.ports['metrics']}/healthz"))
-        sink = health["sinks"][f"mqtt://127.0.0.1:{broker.port}/plant/line1"]
-        assert sink["connected"] and sink["sent"] == len(want) and sink.get("dropped", 0) == 0
+
+        def sink() -> dict | None:  # the sink process reports twice a second
+            health = json.loads(urllib_get(f"http://127.0.0.1:{st.ports['metrics']}/healthz"))
+            s = health["sinks"][f"mqtt://127.0.0.1:{broker.port}/plant/line1"]
+            return s if s.get("sent") == len(want) else None
+
+        s = wait_for(sink, what="the sink's count", show=sink)
+        assert s["connected"] and s.get("dropped", 0) == 0
     finally:
         code, summary = st.stop()
         listen.close()
@@ -173,8 +178,9 @@ def test_a_broker_outage_costs_the_backlog_not_the_station(served_bundle: Path, 
         after = burst("c", 3)
         wait_for(lambda: {f"c{i}" for i in range(3)} <= {b["frame_id"] for b in listen.topic("/verdict")},
                  what="verdicts after the outage")
-        s = sink()
-        assert s["sent"] == 4 + backlog + 3 and s["dropped"] == 12 - backlog and len(after) == 3
+        s = wait_for(lambda: sink() if sink().get("sent") == 4 + backlog + 3 else None, what="the sent count",
+                     show=sink)
+        assert s["dropped"] == 12 - backlog and len(after) == 3
     finally:
         code, _ = st.stop()
         listen.close()
@@ -229,7 +235,7 @@ def test_webhooks_deliver_and_a_bad_receiver_costs_only_itself(served_bundle: Pa
             st.send(encode_frame(f"w{i}", "camA", image=img))
         verdicts = [b for t, b, _ in st.collect(lambda g: sum(t == "verdict" for t, _, _ in g) == n) if t == "verdict"]
         assert len(verdicts) == n  # the verdict path never waited for a receiver
-        wait_for(lambda: len(ok.got) == n, what="the good receiver's webhooks")
+        wait_for(lambda: len(ok.got) == n, what="the good receiver's webhooks", show=lambda: (len(ok.got), st.proc.poll()))
         assert [b["frame_id"] for b in ok.got] == [b["frame_id"] for b in verdicts]  # in the order published
         assert all(b["topic"] == "verdict" for b in ok.got)
         def health():
@@ -241,10 +247,11 @@ def test_webhooks_deliver_and_a_bad_receiver_costs_only_itself(served_bundle: Pa
 
         s = wait_for(settled, what="the failing receiver's count")
         assert s[failing.url].get("retries", 0) >= s[failing.url]["failed"]  # each failure was retried first
-        assert s[ok.url]["sent"] == n and s[ok.url].get("failed", 0) == 0
+        s = wait_for(lambda: health() if health()[ok.url].get("sent") == n else None, what="the good count")
+        assert s[ok.url].get("failed", 0) == 0
         # the hanging receiver's small queue overflowed while its thread waited: drops, counted
         assert s[hanging.url].get("dropped", 0) > 0
-        metrics = urllib_get(f"http://127.0.0.1:{st.ports['metrics']}/metrics").decode()
+        metrics = urllib_get(f"http://127.0.0.1:{st.ports['metrics']}/metrics").decode()  # the same counts
         assert f'lineguard_sink_messages_total{{outcome="sent",sink="{ok.url}"}} {float(n)}' in metrics
     finally:
         code, summary = st.stop()

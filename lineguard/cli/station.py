@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--mqtt-backlog", type=positive(int), default=1000,
                     help="messages kept while the broker is away (then dropped, counted)")
     sv.add_argument("--mqtt-ca", help="CA certificate file for mqtts://")
+    sv.add_argument("--opcua", metavar="URL", help="serve the verdicts as an OPC UA server: opc.tcp://host:port "
+                    "(anonymous on loopback only)")
+    sv.add_argument("--opcua-users", help="file of user:password lines: OPC UA clients must log in (off loopback)")
+    sv.add_argument("--opcua-cert", help="server certificate (DER/PEM) for Basic256Sha256 Sign/SignAndEncrypt")
+    sv.add_argument("--opcua-key", help="its private key")
     sv.add_argument("--webhook", action="append", default=[], metavar="URL",
                     help="POST each result's JSON to this URL; repeatable")
     sv.add_argument("--webhook-timeout", type=positive(float), default=2.0, help="seconds per attempt")
@@ -132,18 +137,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return Server(bundle, cfg, ep, a.db, line_sinks(a)).serve(a.drain)
 
 
-def line_sinks(a: argparse.Namespace) -> list:
-    """The line outputs asked for on the command line (their libraries imported only then)."""
-    sinks: list = []
-    if a.mqtt:
-        from lineguard.runtime.station.sinks.mqtt import MqttSink
-
-        sinks += [MqttSink(u, a.mqtt_qos, a.mqtt_backlog, a.mqtt_ca, a.sink_queue) for u in a.mqtt]
-    if a.webhook:
-        from lineguard.runtime.station.sinks.webhook import WebhookSink
-
-        sinks += [WebhookSink(u, a.webhook_timeout, a.webhook_tries, queue_size=a.sink_queue) for u in a.webhook]
-    return sinks
+def line_sinks(a: argparse.Namespace) -> list[tuple[str, dict]]:
+    """The line outputs asked for on the command line, as (kind, arguments) for the sink process."""
+    q = {"queue_size": a.sink_queue}
+    return ([("mqtt", {"url": u, "qos": a.mqtt_qos, "backlog": a.mqtt_backlog, "ca": a.mqtt_ca} | q) for u in a.mqtt]
+            + ([("opcua", {"url": a.opcua, "users": a.opcua_users, "cert": a.opcua_cert, "key": a.opcua_key} | q)]
+               if a.opcua else [])
+            + [("webhook", {"url": u, "timeout_s": a.webhook_timeout, "tries": a.webhook_tries} | q)
+               for u in a.webhook])
 
 
 def http_address(a: argparse.Namespace) -> tuple[str, int] | None:

@@ -1,4 +1,5 @@
-"""Free loopback ports for a station started on the spot (bench, tests, benchmarks)."""
+"""Free loopback ports for a station started on the spot (bench, tests, benchmarks), and whether
+an address to bind is loopback (what may be served without a token or a login)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,15 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to bind stays on this machine (a host name other than localhost: no)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

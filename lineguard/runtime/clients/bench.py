@@ -137,6 +137,7 @@ def summarize(samples: list[Sample], gen: dict[str, Any], duration: float) -> di
         "verdicts": len(verdicts), "dropped": len(dropped), "errors": len(errors), "unaccounted": len(lost),
         # a decision at the deadline instead of the model's verdict (serve --deadline-ms)
         "deadline_missed": sum(s.deadline_missed for s in samples),
+        "deadline_missed_share": round(sum(s.deadline_missed for s in samples) / len(samples), 4) if samples else 0.0,
         "send_failed": gen["send_failed"], "flagged": len(flagged),
         # the verdict is the line's contract; masks and explanations are best effort and counted here
         "masks_dropped": sum(s.late_error == "dropped_defects" for s in flagged),

@@ -64,10 +64,10 @@ def _collector(p: Pipeline) -> Any:
             yield h
             sk = CounterMetricFamily("lineguard_sink_messages", "results offered to each line output, by outcome",
                                      labels=["sink", "outcome"])
-            for sink in p.outbox.sinks:
-                for outcome, n in sink.state().items():
+            for name, state in p.sink_states().items():
+                for outcome, n in state.items():
                     if outcome in ("offered", "sent", "dropped", "failed", "retries"):
-                        sk.add_metric([sink.name, outcome], n)
+                        sk.add_metric([name, outcome], n)
             yield sk
             prov = GaugeMetricFamily("lineguard_stage_info", "stage state and engine provider", labels=["stage", "state"])
             for stage, state in p.health.items():
@@ -92,4 +92,4 @@ def station_health(p: Pipeline, out_queue: Any) -> dict[str, Any]:
     return {"status": "ok" if ok else "degraded", "stages": dict(p.health),
             "queues": {"decode": p.q_decode.qsize(), "defects": p.q_defect.qsize(), "explain": p.q_llm.qsize(),
                        "publish": out_queue.qsize()},
-            "sinks": {s.name: s.state() for s in p.outbox.sinks}} | p.stats.snapshot()
+            "sinks": p.sink_states()} | p.stats.snapshot()

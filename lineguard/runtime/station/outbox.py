@@ -1,5 +1,6 @@
 """Where a frame's results go: artefacts on disk, then the store, then the PUB socket (and the web
-view's live feed and the line's sinks, where there are any), then the counters.
+view's live feed, where one is open; the line's outputs take what the PUB socket sends), then the
+counters.
 
 Every result of the station leaves through here, so the order (stored before published) and
 the message bodies are written once. Each message carries the station's ``seq`` beside the
@@ -27,18 +28,14 @@ def body(f: Frame) -> dict[str, Any]:
 
 class Outbox:
     def __init__(self, publish: Publish, stats: Stats, store: ResultStore | None = None,
-                 artifacts: Artifacts | None = None, pixel_t: float | None = None, live: Any = None,
-                 sinks: list[Any] | None = None) -> None:
+                 artifacts: Artifacts | None = None, pixel_t: float | None = None, live: Any = None) -> None:
         self._publish, self.stats, self.store, self.artifacts, self.pixel_t = publish, stats, store, artifacts, pixel_t
         self.live = live  # the web view's LiveFeed: O(1) notes, folded in on the web server's own thread
-        self.sinks = sinks or []  # MQTT, OPC UA, webhooks: each a bounded queue and a thread of its own
 
     def publish(self, topic: str, body: dict[str, Any], png: bytes | None) -> None:
         self._publish(topic, body, png)
         if self.live is not None:
             self.live.note(topic, body, png)
-        for s in self.sinks:
-            s.offer(topic, body, png)
 
     def verdict(self, f: Frame, ins: Inspection, late: str | None = None) -> None:
         """``late``: the frame's deadline passed first — "failsafe" (its fail-safe verdict was the

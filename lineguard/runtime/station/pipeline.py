@@ -84,7 +84,7 @@ class Pipeline:
     """Owns the stage threads and their queues. ``publish(topic, body, png)`` sends one result (thread-safe)."""
 
     def __init__(self, bundle: Bundle, cfg: ServeConfig, publish: Publish, store: ResultStore | None = None,
-                 opts: EngineOptions | None = None, live: Any = None, sinks: list[Any] | None = None) -> None:
+                 opts: EngineOptions | None = None, live: Any = None) -> None:
         self.bundle, self.cfg, self.store = bundle, cfg, store
         self.stats = Stats()
         opts = opts or EngineOptions(device=cfg.device, threads=cfg.threads, spinning=cfg.spinning)
@@ -106,7 +106,8 @@ class Pipeline:
             log.error("defect classifier unusable, serving without types: %s", e)
         self.inspector = Inspector(bundle, self.experts[0], sam, classifier, explainer, cfg.top_k, cfg.sam_mode)
         artifacts = Artifacts(cfg.artifacts, cfg.keep_artifacts) if cfg.artifacts else None
-        self.outbox = Outbox(publish, self.stats, store, artifacts, bundle.thresholds.get("pixel"), live, sinks)
+        self.outbox = Outbox(publish, self.stats, store, artifacts, bundle.thresholds.get("pixel"), live)
+        self.sink_states: Callable[[], dict[str, Any]] = dict  # the line outputs' counters (the server sets it)
         # the station's own frame ids: after the store's last, so a restart never reuses one
         self.seq = itertools.count((store.last_seq() if store else 0) + 1)
         self.run_id = secrets.token_hex(3)  # in imagezmq frames' ids, which their senders do not give

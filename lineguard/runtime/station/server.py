@@ -42,7 +42,7 @@ class Endpoints:
 
 class Server:
     def __init__(self, bundle: Bundle, cfg: ServeConfig, ep: Endpoints, db: str | None = None,
-                 sinks: list[Any] | None = None) -> None:
+                 sinks: list[tuple[str, dict[str, Any]]] | None = None) -> None:
         self.ctx = zmq.Context()
         self.ep = ep
         self.auth = None
@@ -53,8 +53,14 @@ class Server:
         self.out: queue.Queue[list[bytes] | None] = queue.Queue()
         self.store = ResultStore(db) if db else None
         feed = LiveFeed() if ep.http else None
-        self.sinks = sinks or []
-        self.pipeline = Pipeline(bundle, cfg, self._publish, self.store, live=feed, sinks=self.sinks)
+        self.sinks = None
+        if sinks:  # the line outputs, in a process of their own (their libraries only when asked for)
+            from lineguard.runtime.station.sinks.process import SinkProcess
+
+            self.sinks = SinkProcess(sinks, self.ctx, cfg.background_nice)
+        self.pipeline = Pipeline(bundle, cfg, self._publish, self.store, live=feed)
+        if self.sinks:
+            self.pipeline.sink_states = self.sinks.state
         self.stop_event = threading.Event()
         self.pub = self._socket(zmq.PUB, ep.publish)
         self.pull = self._socket(zmq.PULL, ep.ingest)
@@ -92,6 +98,8 @@ class Server:
             if msg is None:
                 return
             self.pub.send_multipart(msg, copy=False)
+            if self.sinks is not None:
+                self.sinks.offer(msg)
 
     def _ingest(self) -> None:
         poller = zmq.Poller()
@@ -119,8 +127,8 @@ class Server:
             signal.signal(sig, lambda *_: self.stop_event.set())
         publisher = threading.Thread(target=self._publisher, name="publish", daemon=True)
         publisher.start()
-        for sink in self.sinks:
-            sink.start()
+        if self.sinks:
+            self.sinks.start()
         self.pipeline.start()
         if self.web:
             self.web.start()
@@ -131,7 +139,7 @@ class Server:
                     ", CURVE on" if self.keys else "")
         print(json.dumps({"event": "ready", "ingest": self.ep.ingest, "publish": self.ep.publish,
                           "imagezmq": self.ep.imagezmq, "http": self.web.url if self.web else None,
-                          "sinks": [s.name for s in self.sinks],
+                          "sinks": self.sinks.names if self.sinks else [],
                           "health": self.pipeline.health}), flush=True)
         while not self.stop_event.wait(0.2):
             pass
@@ -143,8 +151,8 @@ class Server:
         for s in (self.pull, self.rep, self.pub):
             if s is not None:
                 s.close()
-        for sink in self.sinks:  # what they hold is sent (a few seconds), then they stop
-            sink.close()
+        if self.sinks:  # what they hold is sent (a few seconds), then they stop
+            self.sinks.close()
         if self.web:
             self.web.stop()
         if self.auth:
@@ -153,6 +161,6 @@ class Server:
             self.store.close()
         self.ctx.term()
         summary = {"event": "stopped", "drained": drained} | self.pipeline.stats.snapshot() \
-            | ({"sinks": {s.name: s.state() for s in self.sinks}} if self.sinks else {})
+            | ({"sinks": self.sinks.state()} if self.sinks else {})
         print(json.dumps(summary), flush=True)
         return 0

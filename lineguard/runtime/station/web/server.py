@@ -3,7 +3,6 @@ uvicorn on a thread of its own (its event loop never runs a stage's work)."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import threading
@@ -11,20 +10,12 @@ import time
 from typing import Any
 
 from lineguard.runtime.errors import LineguardError
+from lineguard.runtime.ports import is_loopback
 from lineguard.runtime.station.web.app import View, create_app
 from lineguard.runtime.station.web.feed import LiveFeed
 from lineguard.runtime.station.web.history import History
 
 log = logging.getLogger("lineguard.web")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: not known to stay on this machine
-        return False
 
 
 def parse_http(addr: str) -> tuple[str, int]:

@@ -16,6 +16,9 @@ async function show() {
   v.replaceChildren(badge(r.status === "verdict" ? r.verdict : r.status), " ",
     el("span", {text: `score ${fmt(r.score)} (normalised ${fmt(r.score_norm)}) · ${when(r.ts && r.ts.received)}`}));
   if (r.error) v.append(el("p", {class: "warn", text: `${r.error_code}: ${r.error}`}));
+  if (r.deadline_missed) v.append(el("p", {class: "warn", text: r.failsafe
+    ? `no verdict within the deadline: the gate got the fail-safe "${r.failsafe}"; the verdict above came later`
+    : "the verdict came after the deadline"}));
   if (r.repeat) v.append(el("p", {class: "warn", text: "this camera sent this frame id before (stored as its own row)"}));
   document.getElementById("explanation").replaceChildren(
     r.explanation ? explanationNode(r.explanation) : el("p", {class: "dim", text: "none"}));
