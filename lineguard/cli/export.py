@@ -1,4 +1,5 @@
-"""``lineguard export expert | sam | llm``: trained checkpoints into a bundle (the export extra)."""
+"""``lineguard export expert | sam | llm``: trained checkpoints into a bundle (the export extra);
+``lineguard export triton``: a bundle into a Triton model repository (no extra needed)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-model-threshold", action="store_true",
                    help="ignore a threshold the graph applies itself (anomalib's pred_label); calibrate instead")
 
+    t = exs.add_parser("triton", help="a bundle's expert as a Triton Inference Server model repository")
+    t.add_argument("bundle")
+    t.add_argument("--out", required=True, help="repository folder to create")
+    t.add_argument("--backend", choices=["python", "onnxruntime"], default="python",
+                   help="python: the bundle's engine in Triton's Python backend (any Triton); onnxruntime: "
+                        "Triton's own ONNX Runtime backend, TensorRT set from the precision (GPU servers)")
+    t.add_argument("--precision", default="fp32", help="the expert's variant to serve")
+    t.add_argument("--instances", type=positive(int), default=1, help="model instances per server")
+    t.add_argument("--max-batch", type=positive(int), default=8)
+    t.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batching's wait for a fuller batch")
+    t.add_argument("--gpu", action="store_true", help="instances on the GPU (KIND_GPU)")
+    t.add_argument("--force", action="store_true", help="replace --out if it exists")
+    t.set_defaults(run=cmd_triton)
+
     s = exs.add_parser("sam", help="export Segment Anything (encoder, prompt decoder, sparse decoder) into a bundle")
     s.add_argument("--checkpoint", required=True, help="segment-anything state dict (e.g. sam_vit_b_01ec64.pth)")
     s.add_argument("--model-type", required=True, help="vit_b, vit_l, vit_h, or custom:EMBED:DEPTH:HEADS:G1,G2")
@@ -61,8 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--nf4", action="store_true",
                    help="also measure bitsandbytes NF4 (PyTorch-side, CUDA only) against the same reference")
     m.add_argument("--product", help="product name for a new bundle")
-    for p in exs.choices.values():
-        p.set_defaults(run=run)
+    for name, p in exs.choices.items():
+        if name != "triton":  # the others need the export extra; a Triton repository is written from the bundle
+            p.set_defaults(run=run)
 
 
 def run(a: argparse.Namespace) -> int:
@@ -108,4 +124,17 @@ def run(a: argparse.Namespace) -> int:
                                  a.color, a.mean, a.std, a.force, not a.no_model_threshold)
         print(describe_import(out))
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_triton(a: argparse.Namespace) -> int:
+    import json
+
+    from lineguard.export.triton import export_triton
+
+    info = export_triton(a.bundle, a.out, a.backend, a.precision, a.instances, a.max_batch, a.max_queue_delay_us,
+                         a.gpu, a.force)
+    m = info["models"]["expert"]
+    print(json.dumps({"repository": a.out, "model": m["name"], "version": m["version"], "backend": info["backend"],
+                      "bundle_hash": info["bundle_hash"]}))
     return 0

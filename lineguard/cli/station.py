@@ -109,6 +109,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bn.add_argument("--json", action="store_true", help="print report.json instead of the table")
     bn.set_defaults(run=cmd_bench)
 
+    tr = sub.add_parser("triton", help="run a Triton Inference Server on a repository from `export triton` "
+                                       "(development and tests)")
+    tr.add_argument("repo")
+    tr.add_argument("--grpc-port", type=int, default=8001)
+    tr.add_argument("--http-port", type=int, default=8000)
+    tr.add_argument("--metrics-port", type=int, default=8002)
+    tr.set_defaults(run=cmd_triton)
+
     k = sub.add_parser("keys", help="make CURVE key pairs for serve --curve-keys and camera --curve-keys")
     k.add_argument("folder")
     k.set_defaults(run=cmd_keys)
@@ -211,3 +219,9 @@ def cmd_keys(a: argparse.Namespace) -> int:
     d = make_keys(a.folder)
     print(f"wrote CURVE keys to {d}: serve --curve-keys {d}; copy client.key_secret and server.key to each camera")
     return 0
+
+
+def cmd_triton(a: argparse.Namespace) -> int:
+    from lineguard.runtime.clients.tritonserver import run_triton
+
+    return run_triton(a.repo, a.grpc_port, a.http_port, a.metrics_port)

@@ -110,6 +110,12 @@ class Bundle:
     def normalization(self) -> dict[str, Any]:
         return self.manifest["normalization"]
 
+    def content_hash(self) -> str:
+        """The bundle's identity: a hash over every file's recorded sha256 (what a Triton repository
+        built from it carries, so a station can tell it is talking to its own models)."""
+        files = {k: v["sha256"] for k, v in sorted(self.manifest.get("files", {}).items())}
+        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
 
 def existing(path: str | os.PathLike) -> Bundle | None:
     """The bundle at ``path`` that an export adds a stage to; None where there is none yet.
@@ -152,13 +158,13 @@ class BundleWriter:
         if base is not None:
             self.manifest = copy.deepcopy(base.manifest)
             for rel in base.manifest["files"]:
-                self._link_or_copy(base.root / rel, self.tmp / rel)
+                self.link_or_copy(base.root / rel, self.tmp / rel)
         else:
             self.manifest = new_manifest(product)
         self._committed = False
 
     @staticmethod
-    def _link_or_copy(src: Path, dst: Path) -> None:
+    def link_or_copy(src: Path, dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, dst)

@@ -1,0 +1,143 @@
+"""`lineguard export triton`: a bundle's expert as a Triton Inference Server model repository.
+
+    REPO/lineguard.json                      which bundle (its hash), what each model is
+    REPO/lineguard_expert/config.pbtxt       inputs/outputs as in the manifest, dynamic batching, instances
+    REPO/lineguard_expert/<version>/...      python: model.py + the bundle; onnxruntime: model.onnx
+
+The version directory is a number derived from the bundle's hash (Triton's versions are
+integers); the full hash is in ``lineguard.json`` and in the config's parameters, so a station
+can refuse a repository built from another bundle. ``--backend python`` runs the bundle's ONNX
+graph through ``lineguard.runtime``'s engine inside Triton's Python backend (any Triton, CPU or
+GPU); ``--backend onnxruntime`` hands the graph to Triton's own ONNX Runtime backend, with the
+TensorRT accelerator set from the bundle's precision (for GPU servers).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lineguard.runtime.bundle import Bundle, BundleWriter
+from lineguard.runtime.errors import InputError
+
+MODEL = "lineguard_expert"
+TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
+         "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
+
+MODEL_PY = '''"""A lineguard bundle's expert in Triton's Python backend (written by `lineguard export triton`)."""
+import json
+import os
+import sys
+
+# Triton's embedded interpreter does not read PYTHONPATH; `lineguard triton` sets it to the
+# folders where lineguard and onnxruntime are installed
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from lineguard.runtime.bundle import Bundle  # noqa: E402
+from lineguard.runtime.bundle.engine import Engine, EngineOptions  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.dirname(__file__)
+        bundle = Bundle.load(os.path.join(here, "bundle"))
+        info = json.loads(args["model_config"])["parameters"]
+        precision = info["precision"]["string_value"]
+        device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
+        self.engine = Engine(bundle.variant_path("expert", precision), EngineOptions(device=device))
+        self.inputs = list(self.engine.inputs)
+        self.outputs = list(self.engine.outputs)
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            feeds = {n: np.from_dlpack(pb_utils.get_input_tensor_by_name(r, n)) for n in self.inputs}
+            res = self.engine.run(feeds)
+            # by DLPack, not as numpy arrays: the backend's stub was built against numpy 1, and the
+            # station's numpy 2 arrays reached the client empty that way
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(n, res[n].__dlpack__()) for n in self.outputs]))
+        return out
+'''
+
+
+def _dims(spec: dict[str, Any], batched: bool) -> tuple[list[int], list[int] | None]:
+    """Triton's dims (without the batch dimension when batching) and, for an output that is only
+    a batch, the reshape Triton needs to give it a dimension."""
+    shape = [d if isinstance(d, int) else -1 for d in spec["shape"]]
+    dims = shape[1:] if batched else shape
+    return (dims, None) if dims else ([1], [])
+
+
+def _tensor(spec: dict[str, Any], batched: bool) -> str:
+    dtype = TYPES.get(spec["dtype"])
+    if dtype is None:
+        raise InputError(f"{spec['name']}: dtype {spec['dtype']} has no Triton type here")
+    dims, reshape = _dims(spec, batched)
+    extra = f", reshape: {{ shape: [ {', '.join(map(str, reshape))} ] }}" if reshape is not None else ""
+    return f'  {{ name: "{spec["name"]}", data_type: {dtype}, dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+
+
+def config_pbtxt(stage: dict[str, Any], backend: str, precision: str, digest: str, instances: int, max_batch: int,
+                 queue_delay_us: int, kind: str) -> str:
+    batched = not isinstance(stage["inputs"][0]["shape"][0], int)  # a fixed batch (anomalib's 2) is not batched
+    lines = [f'name: "{MODEL}"', f'backend: "{backend}"', f"max_batch_size: {max_batch if batched else 0}",
+             "input [", ",\n".join(_tensor(s, batched) for s in stage["inputs"]), "]",
+             "output [", ",\n".join(_tensor(s, batched) for s in stage["outputs"]), "]"]
+    if batched:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}")
+    lines.append(f"instance_group [ {{ count: {instances}, kind: {kind} }} ]")
+    for key, value in (("lineguard_bundle_hash", digest), ("precision", precision)):
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    if backend == "onnxruntime" and precision in ("fp16", "int8", "trt"):
+        mode = "INT8" if precision == "int8" else "FP16"
+        lines.append('optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt"'
+                     f' parameters {{ key: "precision_mode" value: "{mode}" }} }} ] }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def export_triton(bundle_path: str | Path, out: str | Path, backend: str = "python", precision: str = "fp32",
+                  instances: int = 1, max_batch: int = 8, queue_delay_us: int = 1000, gpu: bool = False,
+                  force: bool = False) -> dict[str, Any]:
+    """Write the repository; returns what ``lineguard.json`` says."""
+    if backend not in ("python", "onnxruntime"):
+        raise InputError(f"--backend {backend}: python or onnxruntime")
+    bundle = Bundle.load(bundle_path)
+    stage = bundle.stage("expert")
+    if precision not in stage["variants"]:
+        raise InputError(f"--precision {precision}: the bundle's expert has {', '.join(stage['variants'])}")
+    out = Path(out)
+    if out.exists():
+        if not force:
+            raise InputError(f"{out} exists (use --force to replace it)")
+        shutil.rmtree(out)
+    digest = bundle.content_hash()
+    version = int(digest[:7], 16) % 10**8 + 1  # Triton versions are positive integers
+    model = out / MODEL
+    vdir = model / str(version)
+    vdir.mkdir(parents=True)
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    (model / "config.pbtxt").write_text(config_pbtxt(stage, backend, precision, digest, instances, max_batch,
+                                                     queue_delay_us, kind))
+    if backend == "python":
+        (vdir / "model.py").write_text(MODEL_PY)
+        for p in bundle.root.rglob("*"):  # hard links where the file system allows: a bundle may hold GBs
+            if p.is_file():
+                BundleWriter.link_or_copy(p, vdir / "bundle" / p.relative_to(bundle.root))
+    else:
+        shutil.copy2(bundle.variant_path("expert", precision), vdir / "model.onnx")
+        data = bundle.variant_path("expert", precision).with_suffix(".onnx.data")
+        if data.is_file():
+            shutil.copy2(data, vdir / data.name)
+    info = {"format": "lineguard-triton", "bundle_hash": digest, "bundle": str(bundle.root.resolve()),
+            "product": bundle.manifest.get("product"), "backend": backend, "precision": precision,
+            "models": {"expert": {"name": MODEL, "version": version, "inputs": stage["inputs"],
+                                  "outputs": stage["outputs"], "roles": stage.get("roles", {}),
+                                  "input_spec": stage.get("input_spec")}},
+            "manifest": bundle.manifest}
+    (out / "lineguard.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
