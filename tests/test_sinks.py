@@ -231,8 +231,9 @@ def test_webhooks_deliver_and_a_bad_receiver_costs_only_itself(served_bundle: Pa
     img = read_image(list_images(synth / "test" / "good")[0])
     n = 10
     try:
-        for i in range(n):
+        for i in range(n):  # at a line's pace: the good receiver keeps up, the hanging one cannot
             st.send(encode_frame(f"w{i}", "camA", image=img))
+            time.sleep(0.2)
         verdicts = [b for t, b, _ in st.collect(lambda g: sum(t == "verdict" for t, _, _ in g) == n) if t == "verdict"]
         assert len(verdicts) == n  # the verdict path never waited for a receiver
         wait_for(lambda: len(ok.got) == n, what="the good receiver's webhooks", show=lambda: (len(ok.got), st.proc.poll()))
