@@ -44,10 +44,10 @@ class Sink:
             try:
                 item = self.q.get(timeout=0.2)
             except queue.Empty:
-                self.idle()
+                self._idle()
                 continue
             if item is None:
-                self.idle()
+                self._idle()
                 return
             try:
                 self.send(*item)
@@ -57,6 +57,12 @@ class Sink:
 
     def send(self, topic: str, body: dict[str, Any], png: bytes | None) -> None:
         raise NotImplementedError
+
+    def _idle(self) -> None:
+        try:
+            self.idle()
+        except Exception:  # a failed backlog or handshake step: logged, the sink's thread goes on
+            log.exception("%s: idle work failed", self.name)
 
     def idle(self) -> None:
         """Called on the sink's thread when nothing came for a moment (e.g. to send a backlog)."""

@@ -4,7 +4,8 @@ Under ``Objects/Line`` each camera is an object, made when its first result come
 ``FrameId``, ``Seq``, ``Verdict`` (``OK``/``NG``; a fail-safe decision at the deadline is ``NG`` or
 ``OK`` as the station was told), ``Score``, ``DefectType`` (when its masks are classified),
 ``Frames``, ``Defects``, ``DeadlineMissed``, and the acknowledge handshake: the PLC writes the
-``Seq`` it has acted on into ``AckSeq``; ``Unacknowledged`` counts the verdicts published after it.
+``Seq`` it has acted on into ``AckSeq`` (acknowledging it and every verdict published before it);
+``Unacknowledged`` counts the verdicts published after it.
 The values are the gate's decisions: a late real verdict after a fail-safe does not overwrite them.
 
 Anonymous clients only on a loopback endpoint; any other address needs ``users`` (user:password
@@ -63,7 +64,8 @@ class OpcUaSink(Sink):
         self.loop_thread = threading.Thread(target=self.loop.run_forever, name="opcua", daemon=True)
         self.cams: dict[str, dict[str, Any]] = {}  # camera → {variable name: node}
         self.counts_by_cam: dict[str, dict[str, int]] = {}
-        self.decided: dict[str, deque] = {}  # camera → seqs published to the gate, for the handshake
+        self.decided: dict[str, deque] = {}  # camera → seqs published to the gate, in publish order
+        self.acked: dict[str, int] = {}  # camera → the AckSeq last seen
 
     def _call(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -153,10 +155,14 @@ class OpcUaSink(Sink):
         await self._handshake(cam)
 
     async def _handshake(self, cam: str) -> None:
+        """The PLC acknowledged ``AckSeq``: that verdict and every one published before it (verdicts
+        leave in publish order, which is not always seq order: several expert workers)."""
         nodes, decided = self.cams[cam], self.decided[cam]
         ack = int(await nodes["AckSeq"].read_value())
-        while decided and decided[0] <= ack:
-            decided.popleft()
+        if ack != self.acked.get(cam) and ack in decided:
+            while decided and decided.popleft() != ack:
+                pass
+        self.acked[cam] = ack
         await self._write(nodes["Unacknowledged"], len(decided), "Int64")
 
     async def _handshakes(self) -> None:
