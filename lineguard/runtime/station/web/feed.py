@@ -49,7 +49,8 @@ class Camera:
 class LiveFeed:
     def __init__(self) -> None:
         self.notes: deque[tuple[str, dict[str, Any], bytes | None]] = deque(maxlen=NOTES)
-        self.frames: dict[str, tuple[int, np.ndarray, bool]] = {}  # camera → the newest verdict's pixels
+        self.frames: dict[str, tuple[int, np.ndarray]] = {}  # camera → (seq, pixels) of its newest verdict
+        self.flagged: dict[str, tuple[int, np.ndarray]] = {}  # camera → the same of its newest defect
         self.cameras: dict[str, Camera] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=STRIP)  # all cameras, for the strip
         self.overflow = 0
@@ -57,9 +58,9 @@ class LiveFeed:
     # ---- the station's side: called on its threads, O(1) ----------------------------------
     def frame(self, camera: str, seq: int, image: np.ndarray, flagged: bool) -> None:
         """The pixels of a frame whose verdict is being published (kept by reference, not copied)."""
-        self.frames[camera] = (seq, image, flagged)
-        if flagged:
-            self.frames["\0" + camera] = (seq, image, flagged)  # the last defect outlives newer good frames
+        self.frames[camera] = (seq, image)
+        if flagged:  # the last defect outlives newer good frames
+            self.flagged[camera] = (seq, image)
 
     def note(self, topic: str, body: dict[str, Any], png: bytes | None) -> None:
         if len(self.notes) == NOTES:
@@ -106,7 +107,7 @@ class LiveFeed:
         seen = self.frames.get(name)
         cam.latest = Shown(seq, seen[1] if seen and seen[0] == seq else None, keep)
         if body.get("verdict") == "defect":
-            flagged = self.frames.get("\0" + name)
+            flagged = self.flagged.get(name)
             cam.defect = Shown(seq, flagged[1] if flagged and flagged[0] == seq else None, dict(keep))
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
