@@ -4,14 +4,17 @@ the nvidia-pytriton wheel, CPU-only, or a system tritonserver) and answers as th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import lg
+from helpers import Station, lg, wait_for
 
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import Engine
@@ -19,6 +22,7 @@ from lineguard.runtime.clients.tritonserver import pytriton_dist
 from lineguard.runtime.imageio import list_images, read_image
 from lineguard.runtime.ports import free_ports
 from lineguard.runtime.stages.preprocess import to_batch
+from lineguard.runtime.station.protocol import encode_frame
 
 grpc = pytest.importorskip("tritonclient.grpc", reason="the Triton tests need tritonclient[grpc] (the dev extra)")
 
@@ -57,26 +61,58 @@ def test_the_repository_says_what_it_serves(repo: Path, served_bundle: Path, tmp
     assert bad.returncode != 0 and "--precision int4" in bad.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.skipif(not has_server(), reason="no Triton server here: pip install --no-deps nvidia-pytriton "
-                                             "(make test does) or put tritonserver on PATH")
+class Triton:
+    """`lineguard triton REPO` in a process group of its own (so a test can kill the server itself)."""
+
+    def __init__(self, repo: Path, ports: tuple[int, int, int] | None = None) -> None:
+        self.repo = repo
+        self.ports = ports or tuple(free_ports(3))
+        self.address = f"127.0.0.1:{self.ports[0]}"
+        g, h, m = self.ports
+        self.log = repo.parent / f"triton-{g}.log"  # a file, not a pipe: a pipe nobody reads would block the server
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lineguard", "triton", str(repo), "--grpc-port",
+                                          str(g), "--http-port", str(h), "--metrics-port", str(m)],
+                                         stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        line = self.proc.stdout.readline()
+        assert line, self.log.read_text()[-3000:]
+        self.ready = json.loads(line)
+        assert self.ready["event"] == "ready"
+
+    def kill(self) -> None:
+        """SIGKILL to the wrapper and the server: a crash, not a graceful stop."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.communicate(timeout=60)
+
+    def stats(self) -> dict:
+        client = grpc.InferenceServerClient(self.address)
+        try:
+            return client.get_inference_statistics("lineguard_expert", as_json=True)["model_stats"][0]
+        finally:
+            client.close()
+
+
+needs_server = pytest.mark.skipif(not has_server(), reason="no Triton server here: pip install --no-deps "
+                                  "nvidia-pytriton (make test does) or put tritonserver on PATH")
+
+
+@needs_server
 def test_triton_answers_as_the_local_engine(repo: Path, served_bundle: Path, synth: Path) -> None:
-    grpc_port, http_port, metrics_port = free_ports(3)
-    proc = subprocess.Popen([sys.executable, "-m", "lineguard", "triton", str(repo), "--grpc-port", str(grpc_port),
-                             "--http-port", str(http_port), "--metrics-port", str(metrics_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = Triton(repo)  # `lineguard triton` said ready, naming the repository's bundle
     try:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()[-3000:]
-        ready = json.loads(line)
-        assert ready["event"] == "ready" and ready["bundle_hash"] == json.loads(
-            (repo / "lineguard.json").read_text())["bundle_hash"]
+        assert server.ready["bundle_hash"] == json.loads((repo / "lineguard.json").read_text())["bundle_hash"]
         bundle = Bundle.load(served_bundle)
         engine = Engine(bundle.variant_path("expert", "fp32"))
         spec = bundle.input_spec("expert")
         frames = [read_image(p) for p in list_images(synth / "test", recursive=True)[:3]]
         rng = np.random.default_rng(0)
         batches = [to_batch(frames, spec), rng.integers(0, 256, to_batch(frames, spec).shape).astype(np.uint8)]
-        client = grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client = grpc.InferenceServerClient(server.address)
         for x in batches:  # real parts, then random pixels
             inp = grpc.InferInput(spec.name, list(x.shape), "UINT8" if x.dtype == np.uint8 else "FP32")
             inp.set_data_from_numpy(x)
@@ -85,6 +121,149 @@ def test_triton_answers_as_the_local_engine(repo: Path, served_bundle: Path, syn
             for name, w in want.items():
                 np.testing.assert_allclose(got.as_numpy(name).reshape(w.shape), w, atol=1e-5, rtol=0)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-    assert proc.returncode == 0
+        server.stop()
+    assert server.proc.returncode == 0
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()[-2000:]
+
+
+# ---- stations on Triton (serve --models triton://…) -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def triton(repo: Path) -> Triton:
+    if not has_server():
+        pytest.skip("no Triton server here")
+    t = Triton(repo)
+    yield t
+    t.stop()
+
+
+def _frames(synth: Path) -> list[np.ndarray]:
+    return [read_image(p) for p in list_images(synth / "test", recursive=True)]
+
+
+def _local_scores(bundle: Path, frames: list[np.ndarray]) -> list[float]:
+    from lineguard.runtime.stages.expert import Expert
+
+    return [r.score for r in Expert(Bundle.load(bundle))(frames)]
+
+
+def _health(st: Station) -> dict:
+    return json.loads(urllib.request.urlopen(st.http + "healthz", timeout=10).read())
+
+
+@needs_server
+def test_two_stations_share_one_triton_which_batches_across_them(triton: Triton, served_bundle: Path, synth: Path,
+                                                                 tmp_path: Path) -> None:
+    frames = _frames(synth)
+    want = _local_scores(served_bundle, frames)
+    before = triton.stats()
+    # one frame per request, two requests in flight per station: what Triton batches is theirs together
+    args = ("--models", f"triton://{triton.address}", "--max-batch", "1", "--expert-workers", "2")
+    stations = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        stations.append(Station(served_bundle, tmp_path / name, *args))
+    try:
+        rounds = 4
+        for st, cam in zip(stations, ("camA", "camB")):
+            for k in range(rounds):
+                for i, img in enumerate(frames):
+                    st.send(encode_frame(f"{cam}-{k}-{i}", cam, image=img))
+        n = rounds * len(frames)
+        for st, cam in zip(stations, ("camA", "camB")):
+            got = [b for t, b, _ in st.collect(lambda g: sum(t == "verdict" and "update" not in b for t, b, _ in g)
+                                               >= n, 120) if t == "verdict" and "update" not in b]
+            assert len(got) == n, f"{cam}: {len(got)} of {n} verdicts"
+            for b in got:
+                i = int(b["frame_id"].rsplit("-", 1)[1])
+                assert b["served_by"] == triton.address
+                assert b["score"] == pytest.approx(want[i], rel=1e-5, abs=1e-5), b["frame_id"]
+            health = _health(st)
+            assert health["models"]["in"] == 1 and health["models"]["servers"][triton.address]["requests"] == n
+        after = triton.stats()
+        # (Triton's JSON leaves out counters that are still 0)
+        assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 2 * n
+        batched = [b for b in after["batch_stats"] if int(b["batch_size"]) > 1]
+        assert batched, f"Triton never batched two requests: {after['batch_stats']}"
+        assert int(after["execution_count"]) - int(before.get("execution_count", 0)) < 2 * n
+    finally:
+        codes = [st.stop()[0] for st in stations]
+    assert codes == [0, 0]
+
+
+@needs_server
+def test_a_failed_triton_is_taken_out_retried_elsewhere_and_taken_back_in(repo: Path, served_bundle: Path,
+                                                                           synth: Path, tmp_path: Path) -> None:
+    frames = _frames(synth)
+    one, two = Triton(repo), Triton(repo)
+    st = Station(served_bundle, tmp_path, "--models", f"triton://{one.address},{two.address}", "--max-batch", "1",
+                 "--expert-workers", "2", "--models-timeout", "5")
+    results: list[tuple[str, dict, bytes | None]] = []
+    sent = 0
+
+    def send(n: int, fps: float = 20.0) -> None:
+        nonlocal sent
+        for _ in range(n):
+            st.send(encode_frame(f"f{sent}", "camA", image=frames[sent % len(frames)]))
+            sent += 1
+            time.sleep(1 / fps)
+
+    def answered() -> int:
+        results.extend(st.collect(lambda g: False, 0.3))  # what came in the last 0.3 s
+        return sum(t in ("verdict", "error") and "update" not in b for t, b, _ in results)
+
+    def server(addr: str) -> dict:
+        return _health(st)["models"]["servers"][addr]
+
+    try:
+        send(20)
+        wait_for(lambda: answered() >= sent, 60, "the first 20 frames")
+        assert {b.get("served_by") for t, b, _ in results if t == "verdict"} == {one.address, two.address}
+        one.kill()  # mid-stream: requests in flight on it, and the next ones sent to it, go to the other
+        send(30)
+        wait_for(lambda: answered() >= sent, 60, "the frames sent while one server was dead")
+        assert server(one.address)["state"] == "out"
+        restarted = Triton(repo, one.ports)  # on the same ports: the station finds it again by itself
+        wait_for(lambda: server(one.address)["state"] == "in", 30, "the restarted server taken back in")
+        mark = len(results)
+        send(20)
+        wait_for(lambda: answered() >= sent, 60, "the frames after the restart")
+        later = {b.get("served_by") for t, b, _ in results[mark:] if t == "verdict"}
+        assert one.address in later, later
+        health = _health(st)
+        # a failed request is retried on the other server: every frame got its verdict, none an error
+        verdicts = [b for t, b, _ in results if t == "verdict" and "update" not in b]
+        assert len(verdicts) == sent and not [b for t, b, _ in results if t == "error"]
+        assert health["models"]["retried"] == health["models"]["servers"][one.address]["failures"]
+        assert health["models"]["servers"][one.address]["taken_out"] == 1
+        # no server left: each frame gets an error (never lost, never hanging), the station says degraded
+        restarted.kill()
+        two.kill()
+        wait_for(lambda: _health(st)["models"]["in"] == 0, 30, "both servers out")
+        send(3)
+        wait_for(lambda: answered() >= sent, 30, "the frames with no server")
+        errors = [b for t, b, _ in results if t == "error"]
+        assert len(errors) == 3 and {b["code"] for b in errors} == {"models_unreachable"}
+        assert "no Triton server answered" in errors[0]["reason"]
+        assert _health(st)["status"] == "degraded"
+    finally:
+        code, summary = st.stop()
+        for t in (one, two):
+            t.stop()
+    assert code == 0 and summary["counts"]["received"] == sent
+
+
+@needs_server
+def test_a_station_is_refused_a_repository_of_another_bundle(triton: Triton, bundle_dir: Path) -> None:
+    # bundle_dir is served_bundle before calibration: other files, another hash
+    r = lg("serve", bundle_dir, "--models", f"triton://{triton.address}")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"triton://{triton.address}" in last and "exported from bundle" in last, last
+
+
+def test_bad_models_arguments_are_refused_in_one_line(served_bundle: Path) -> None:
+    for spec, why in (("http://h:1", "triton://HOST:PORT"), ("triton://h", "not HOST:PORT"),
+                      ("triton://h:1,h:1", "named twice")):
+        r = lg("serve", served_bundle, "--models", spec)
+        assert r.returncode != 0 and why in r.stderr.strip().splitlines()[-1], r.stderr

@@ -64,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--webhook-tries", type=positive(int), default=3, help="attempts per message (back-off doubles)")
     sv.add_argument("--sink-queue", type=positive(int), default=1000,
                     help="messages each line output may hold before it drops (counted)")
+    sv.add_argument("--models", metavar="triton://HOST:PORT[,HOST:PORT]",
+                    help="run the expert on these Triton servers (a repository from `export triton` of this bundle) "
+                         "instead of local sessions: least-outstanding spreading, failed servers out and back in")
+    sv.add_argument("--models-timeout", type=positive(float), default=10.0,
+                    help="seconds a Triton request may take before its server is taken out (the request is retried)")
     sv.add_argument("--drain", type=float, default=10.0, help="seconds to finish queued frames at SIGTERM")
     sv.add_argument("--max-pixels", type=positive(int), default=40_000_000, help="largest frame accepted")
     sv.set_defaults(run=cmd_serve)
@@ -127,13 +132,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from lineguard.runtime.station.pipeline import ServeConfig
     from lineguard.runtime.station.protocol import Limits
     from lineguard.runtime.station.server import Endpoints, Server
+    from lineguard.runtime.station.triton_pool import parse_models
 
     cfg = ServeConfig(precision=a.precision, device=a.device, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain, constrain=a.constrain,
                       sam_precision=a.sam_precision, masks=not a.no_sam, expert_workers=a.expert_workers, background_threads=a.background_threads,
                       background_nice=a.background_nice,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts,
-                      deadline_ms=a.deadline_ms, on_deadline=a.on_deadline)
+                      deadline_ms=a.deadline_ms, on_deadline=a.on_deadline,
+                      models=parse_models(a.models) if a.models else None, models_timeout_s=a.models_timeout)
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm,
                    http=http_address(a), http_token=http_token(a))
     if a.expert_workers < 0:

@@ -21,12 +21,13 @@ from typing import Any
 
 from lineguard.runtime.bundle import Bundle, BundleWriter
 from lineguard.runtime.errors import InputError
+from lineguard.runtime.station.triton_pool import EXPERT_MODEL as MODEL
 
-MODEL = "lineguard_expert"
 TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
          "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
 
 MODEL_PY = '''"""A lineguard bundle's expert in Triton's Python backend (written by `lineguard export triton`)."""
+import ctypes
 import json
 import os
 import sys
@@ -46,22 +47,41 @@ class TritonPythonModel:
     def initialize(self, args):
         here = os.path.dirname(__file__)
         bundle = Bundle.load(os.path.join(here, "bundle"))
-        info = json.loads(args["model_config"])["parameters"]
-        precision = info["precision"]["string_value"]
+        config = json.loads(args["model_config"])
+        precision = config["parameters"]["precision"]["string_value"]
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
         self.engine = Engine(bundle.variant_path("expert", precision), EngineOptions(device=device))
         self.inputs = list(self.engine.inputs)
         self.outputs = list(self.engine.outputs)
+        self.batched = int(config.get("max_batch_size", 0)) > 0
 
     def execute(self, requests):
-        out = []
-        for r in requests:
-            feeds = {n: np.from_dlpack(pb_utils.get_input_tensor_by_name(r, n)) for n in self.inputs}
-            res = self.engine.run(feeds)
-            # by DLPack, not as numpy arrays: the backend's stub was built against numpy 1, and the
-            # station's numpy 2 arrays reached the client empty that way
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(n, res[n].__dlpack__()) for n in self.outputs]))
-        return out
+        feeds = [{n: np.from_dlpack(pb_utils.get_input_tensor_by_name(r, n)) for n in self.inputs} for r in requests]
+        if self.batched and len(feeds) > 1:  # the dynamic batcher's requests: one run over all their frames
+            ends = np.cumsum([len(f[self.inputs[0]]) for f in feeds])[:-1]
+            res = self.engine.run({n: np.concatenate([f[n] for f in feeds]) for n in self.inputs})
+            parts = {n: np.split(res[n], ends) for n in self.outputs}
+            results = [{n: parts[n][i] for n in self.outputs} for i in range(len(feeds))]
+        else:
+            results = [self.engine.run(f) for f in feeds]
+        return [pb_utils.InferenceResponse([_tensor(n, r[n]) for n in self.outputs]) for r in results]
+
+
+_USED = ctypes.c_char_p(b"used_dltensor")  # lives as long as the module: capsules keep a pointer to it
+_GET_NAME = ctypes.pythonapi.PyCapsule_GetName
+_GET_NAME.restype, _GET_NAME.argtypes = ctypes.c_char_p, [ctypes.py_object]
+
+
+def _tensor(name, array):
+    """By DLPack, not as a numpy array: the backend's stub was built against numpy 1, and numpy 2
+    arrays reached the client empty that way. The stub marks a capsule it took "used_dlpack", not
+    DLPack's "used_dltensor", so numpy's capsule destructor would print a traceback per tensor
+    (harmless: the stub frees the tensor); the standard name tells it the tensor was taken."""
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    if _GET_NAME(capsule) == b"used_dlpack":  # only where the stub took it under that name
+        ctypes.pythonapi.PyCapsule_SetName(ctypes.py_object(capsule), _USED)
+    return tensor
 '''
 
 

@@ -275,6 +275,7 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
         if warmup_s > 0:  # first batches, lazy allocations, caches: not the line's steady state
             run_step(ctx, ingest, publish, pools, rate, warmup_s, defect_rate, grace_s, seed + 1000, "w-",
                      pid, explained=explains)  # its explanations finish before the first measured step
+        start = served.health() if served else {}  # Triton's counters are cumulative: the steps' share is a difference
         r_now, retried = rate, False
         for k in range(max_steps if sweep else 1):
             rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,
@@ -299,12 +300,31 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
               "pass": first["pass"], "why": first["why"], "result": first,
               "providers": (served.ready.get("health") if served else None), "mean_batch": health.get("mean_batch"),
               "server_summary": summary}
+    if health.get("models"):
+        report["triton"] = triton_figures(start.get("models", {}).get("triton", {}), health["models"]["triton"])
     if sweep:
         good = [s["offered_fps"] for s in steps if s["pass"]]
         report |= {"max_sustainable_fps": max(good) if good else None, "steps": steps}
     if out:
         write_outputs(Path(out), report, samples, steps)
     return first["pass"], report
+
+
+def triton_figures(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each Triton server's share of the measured steps (from its statistics API): requests, frames,
+    its mean batch, and mean queue and compute ms per request. A server shared by several stations
+    counts all of them."""
+    out = {}
+    for addr, s in after.items():
+        d = {k: v - before.get(addr, {}).get(k, 0) for k, v in s.items()}
+        if d["requests"] < 0:  # restarted during the run: its counters began again
+            d = dict(s)
+        n = d["requests"]
+        out[addr] = {"requests": n, "frames": d["inferences"],
+                     "mean_batch": round(d["inferences"] / d["executions"], 2) if d["executions"] else None,
+                     "queue_ms_mean": round(d["queue_ms"] / n, 2) if n else None,
+                     "compute_ms_mean": round(d["compute_ms"] / n, 2) if n else None}
+    return out
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -333,6 +353,9 @@ def table(report: dict[str, Any]) -> str:
                    f"load generator CPU {r.get('loadgen_cpu_percent')}%"),
         ("engines", json.dumps(report.get("providers"))),
     ]
+    for addr, t in (report.get("triton") or {}).items():
+        rows.append((f"triton {addr}", f"{t['requests']} requests, {t['frames']} frames, mean batch {t['mean_batch']}, "
+                                       f"queue {t['queue_ms_mean']} ms, compute {t['compute_ms_mean']} ms per request"))
     if "max_sustainable_fps" in report:
         rows.append(("max sustainable", f"{report['max_sustainable_fps']} fps (p99 ≤ {report['max_latency_ms']} ms, no drops)"))
     w = max(len(k) for k, _ in rows)

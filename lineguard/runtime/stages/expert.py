@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,14 +29,15 @@ class Expert:
     """Runs a bundle's expert. Frames of any size and channel count; batches up to ``max_batch``."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", opts: EngineOptions | None = None,
-                 graph: str | Path | None = None) -> None:
-        """``graph`` runs another file than the variant's (a candidate that calibration is gating)."""
+                 graph: str | Path | None = None, engine: Any = None) -> None:
+        """``graph`` runs another file than the variant's (a candidate that calibration is gating);
+        ``engine`` one already made (the station's remote engine on a Triton pool)."""
         self.bundle = bundle
         self.precision = precision
         stage = bundle.stage("expert")
         self.spec = bundle.input_spec("expert")
         opts = opts or EngineOptions()
-        if graph is None and precision == "trt":  # TensorRT builds its own int8/fp16 engine from the fp32 graph
+        if engine is None and graph is None and precision == "trt":  # TensorRT builds its own int8/fp16 engine from the fp32 graph
             if not tensorrt_available():
                 raise LineguardError("precision trt needs onnxruntime-gpu with TensorRT and a GPU; "
                                      "this machine has neither (run fp32/int8 here)")
@@ -45,7 +47,7 @@ class Expert:
                            trt_cache_dir=str(bundle.root / trt.get("cache_dir", "engines/trt")))
         if opts.trt_cache_dir is None:  # TensorRT engines are cached beside the graphs they were built from
             opts = replace(opts, trt_cache_dir=str(bundle.root / "engines" / "trt"))
-        self.engine = Engine(graph or bundle.variant_path("expert", precision), opts)
+        self.engine = engine or Engine(graph or bundle.variant_path("expert", precision), opts)
         roles = stage.get("roles", {})
         self.map_name = roles.get("anomaly_map") or "anomaly_map"
         self.score_name = roles.get("score")

@@ -69,6 +69,18 @@ def _collector(p: Pipeline) -> Any:
                     if outcome in ("offered", "sent", "dropped", "failed", "retries"):
                         sk.add_metric([name, outcome], n)
             yield sk
+            if p.models is not None:
+                st = p.models.states()
+                up = GaugeMetricFamily("lineguard_model_server_up", "1 while a Triton server is in the pool",
+                                       labels=["server"])
+                req = CounterMetricFamily("lineguard_model_server_requests", "expert requests to each Triton server "
+                                          "by outcome", labels=["server", "outcome"])
+                for addr, m in st["servers"].items():
+                    up.add_metric([addr], m["state"] == "in")
+                    req.add_metric([addr, "sent"], m["requests"])
+                    req.add_metric([addr, "failed"], m["failures"])
+                yield up
+                yield req
             prov = GaugeMetricFamily("lineguard_stage_info", "stage state and engine provider", labels=["stage", "state"])
             for stage, state in p.health.items():
                 prov.add_metric([stage, state], 1)
@@ -87,9 +99,12 @@ def registry(p: Pipeline) -> Any:
 
 
 def station_health(p: Pipeline, out_queue: Any) -> dict[str, Any]:
-    """``/healthz``: stage states, queue depths and the counters."""
+    """``/healthz``: stage states, queue depths and the counters (and the Triton pool, where the expert
+    runs on one: each server's state and Triton's own statistics)."""
     ok = all(not s.startswith("degraded") for s in p.health.values())
+    models = p.models.states() | {"triton": p.models.statistics()} if p.models is not None else None
+    ok = ok and (models is None or models["in"] > 0)
     return {"status": "ok" if ok else "degraded", "stages": dict(p.health),
             "queues": {"decode": p.q_decode.qsize(), "defects": p.q_defect.qsize(), "explain": p.q_llm.qsize(),
                        "publish": out_queue.qsize()},
-            "sinks": p.sink_states()} | p.stats.snapshot()
+            "sinks": p.sink_states()} | ({"models": models} if models else {}) | p.stats.snapshot()

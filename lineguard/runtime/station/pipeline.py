@@ -47,6 +47,7 @@ from lineguard.runtime.station.outbox import Outbox, Publish
 from lineguard.runtime.station.protocol import Frame, FrameError, Limits, parse_frame, parse_imagezmq
 from lineguard.runtime.station.stats import Stats
 from lineguard.runtime.station.store import ResultStore
+from lineguard.runtime.station.triton_pool import ModelsUnreachable, RemoteEngine, TritonPool
 
 log = logging.getLogger("lineguard.serve")
 STOP = object()  # flows down the queues at shutdown, after the last frame
@@ -76,6 +77,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     deadline_ms: float | None = None  # every frame gets a decision this long after arrival (fail-safe if need be)
     on_deadline: str = "reject"  # the fail-safe: reject (defect), accept (good), none (only counted)
+    models: list[str] | None = None  # Triton servers (HOST:PORT) that run the expert instead of local sessions
+    models_timeout_s: float = 10.0  # a request to one of them taking longer takes it out (and is retried)
     artifacts: str | None = None  # mask PNG + overlay JPEG per flagged frame
     keep_artifacts: int = 1000  # frames whose artefacts are kept; older ones are deleted
 
@@ -89,7 +92,8 @@ class Pipeline:
         self.stats = Stats()
         opts = opts or EngineOptions(device=cfg.device, threads=cfg.threads, spinning=cfg.spinning)
         self.health: dict[str, str] = {}
-        self.experts = expert_sessions(bundle, cfg, opts)
+        self.models = TritonPool(cfg.models, bundle, cfg.precision, cfg.models_timeout_s) if cfg.models else None
+        self.experts = expert_sessions(bundle, cfg, opts, self.models)
         self.health["expert"] = f"ok ({self.experts[0].engine.provider})"
         bg = replace(opts, threads=cfg.background_threads)
         sam = self._load("sam", lambda: load_sam(bundle, cfg.precision, bg, cfg.sam_precision)) if cfg.masks else None
@@ -176,6 +180,8 @@ class Pipeline:
             t.join(max(0.0, end - time.monotonic()))
         if self.deadline:
             self.deadline.stop()
+        if self.models:
+            self.models.close()
         return not any(t.is_alive() for t in self.threads)
 
     def _run(self, q: queue.Queue[Any], handle: Callable[[Any], None], then: Callable[[], bool | None],
@@ -287,11 +293,18 @@ class Pipeline:
         t0 = time.time()
         try:
             results = self.inspector.score([f.image for f in batch], expert)
+        except ModelsUnreachable as e:  # the Triton pool is down: errors (fail-safes at their deadline), counted
+            with self.stats.lock:
+                self.stats.errors["models_unreachable"] += len(batch)
+            for f in batch:
+                self.outbox.error(f.seq, f.frame_id, f.camera, str(e), "models_unreachable", f.ts)
+            return
         except Exception as e:  # one bad batch: its frames get errors, the server goes on
             log.exception("expert stage failed")
             for f in batch:
                 self.outbox.error(f.seq, f.frame_id, f.camera, f"expert failed: {e}", "stage_failed", f.ts)
             return
+        served_by = getattr(expert.engine, "served_by", None)  # which Triton server answered
         t1 = time.time()
         with self.stats.lock:
             self.stats.batches.append(len(batch))
@@ -299,6 +312,8 @@ class Pipeline:
             f.ts |= {"expert_start": t0, "expert_done": t1}
             try:
                 ins = Inspection(self.inspector.record(f.image, r), r)
+                if served_by:
+                    ins.record["served_by"] = served_by
                 late = None if self.deadline is None or self.deadline.claim(f.seq) else \
                     ("failsafe" if self.deadline.verdict else "missed")
                 self.outbox.verdict(f, ins, late)
@@ -375,9 +390,15 @@ class Pipeline:
             self.q_llm.put_nowait((f, ins))
 
 
-def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions) -> list[Expert]:
+def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions, pool: TritonPool | None = None) \
+        -> list[Expert]:
     """The expert's sessions. On a CPU several small sessions side by side beat one wide one: a
-    line's batches are small, and one frame's intra-op work does not keep every core busy."""
+    line's batches are small, and one frame's intra-op work does not keep every core busy. On a
+    Triton pool they are client threads: two requests in flight per server keep each one busy (and
+    give its dynamic batcher something to join)."""
+    if pool is not None:
+        n = cfg.expert_workers or 2 * len(pool.members)
+        return [Expert(bundle, cfg.precision, engine=RemoteEngine(pool, bundle.stage("expert"))) for _ in range(n)]
     cores = os.cpu_count() or 1
     want = cfg.expert_workers or min(4, cores)
     per = max(1, (opts.threads or cores) // want)  # the threads asked for (or the cores), split
