@@ -3,7 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,export,dev,interop
+EXTRAS ?= cpu,export,dev,interop,triton
 
 .PHONY: demo test lint bench clean
 

@@ -13,7 +13,6 @@ and ``sinks_load.png`` (latency distributions) to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing as mp
@@ -29,8 +28,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from benchmarks.web_load import plot, pooled
-from lineguard.demo.build import build_default
+from benchmarks.under_load import options, plot, pooled, resolve
 from lineguard.runtime.clients.bench import Served, run_bench, run_step
 from lineguard.runtime.clients.loadgen import image_pools
 from lineguard.runtime.ports import free_ports
@@ -90,22 +88,12 @@ def receivers(mqtt_port: int, web_port: int, opcua_url: str, ready: Any, stop: A
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle")
-    ap.add_argument("--images")
-    ap.add_argument("--rate", type=float, default=60.0)
-    ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--segments", type=int, default=6)
-    ap.add_argument("--defect-rate", type=float, default=0.05)
+    ap = options(__doc__, rate=60.0, segments=6, out="runs/sinks_load")
     ap.add_argument("--deadline-ms", type=float, default=150.0)
     ap.add_argument("--no-sweep", action="store_true", help="skip the fail-safe sweep past capacity")
-    ap.add_argument("--out", default="runs/sinks_load")
     a = ap.parse_args()
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    bundle = Path(a.bundle) if a.bundle else build_default()
-    images = a.images or str(bundle.parent / "data" / "line")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    bundle, images, out = resolve(a)
     mq_port, web_port, ua_port = free_ports(3)
     conf = Path(tempfile.mkdtemp()) / "mosquitto.conf"
     conf.write_text(f"listener {mq_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -155,7 +143,8 @@ def main() -> None:
            "p99_on_vs_off": round(runs["on"]["verdict_latency_ms"]["p99"] / runs["off"]["verdict_latency_ms"]["p99"], 3),
            "sinks": health.get("sinks"), "received": dict(got)}
     broker.kill()
-    plot({f"sinks {k}": v for k, v in lat.items()}, out / "sinks_load.png", a.rate)
+    plot({f"sinks {k}": v for k, v in lat.items()}, out / "sinks_load.png",
+         f"verdict latency at {a.rate:g} frames/s, line outputs off / on")
     if a.no_sweep:
         (out / "sinks_load.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
         print(json.dumps({"p99_on_vs_off": res["p99_on_vs_off"], "received": res["received"]}))

@@ -19,18 +19,15 @@ bundle (all three stages, built if missing) and its line's parts, 5 % defects. W
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
-from lineguard.demo.build import build_default
+from benchmarks.under_load import options, plot, pooled, resolve
 from lineguard.runtime.clients.bench import Served, run_step
 from lineguard.runtime.clients.loadgen import image_pools
 from lineguard.runtime.ports import free_ports
@@ -74,30 +71,9 @@ def page_like(url: str, stop: Any) -> None:
                             pass
 
 
-def pooled(reps: list[dict], lat: list[float]) -> dict:
-    """One condition over its segments: latency percentiles of all its frames, counts summed."""
-    keys = ("verdicts", "dropped", "errors", "unaccounted", "masks_dropped", "explanations_dropped")
-    out = {k: sum(r[k] for r in reps) for k in keys}
-    x = np.asarray(lat)
-    out["verdict_latency_ms"] = {f"p{q}": round(float(np.percentile(x, q)), 2) for q in (50, 90, 99)}
-    out["server_cpu_percent"] = round(float(np.mean([r["server_cpu_percent"] for r in reps])), 1)
-    return out
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", help="default: the demo's default bundle")
-    ap.add_argument("--images", help="MVTec-layout folder (default: the default bundle's line)")
-    ap.add_argument("--rate", type=float, default=60.0)
-    ap.add_argument("--seconds", type=float, default=30.0, help="load per condition, in all")
-    ap.add_argument("--segments", type=int, default=6, help="pieces each condition's load comes in")
-    ap.add_argument("--defect-rate", type=float, default=0.05)
-    ap.add_argument("--out", default="runs/web_load")
-    a = ap.parse_args()
-    bundle = Path(a.bundle) if a.bundle else build_default()
-    images = a.images or str(bundle.parent / "data" / "line")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    a = options(__doc__, rate=60.0, segments=6, out="runs/web_load").parse_args()
+    bundle, images, out = resolve(a)
     pools = image_pools(images, seed=0)
     served = Served(str(bundle), [], http=f"127.0.0.1:{free_ports(1)[0]}")
     url = served.ready["http"]
@@ -156,28 +132,9 @@ def main() -> None:
            "p99_chromium_vs_closed": round(runs["chromium"]["verdict_latency_ms"]["p99"] / base, 3),
            "web_errors": (health.get("counts") or {}).get("web_errors", 0)}
     (out / "web_load.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot(lat, out / "web_load.png", a.rate)
+    plot({f"page {k}": v for k, v in lat.items()}, out / "web_load.png",
+         f"verdict latency at {a.rate:g} frames/s, live page closed / open")
     print(json.dumps({k: res[k] for k in ("p99_served_vs_closed", "p99_chromium_vs_closed", "web_errors")}))
-
-
-def plot(samples: dict[str, list[float]], path: Path, rate: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, lat in samples.items():
-        x = np.sort(lat)
-        ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=f"page {name.replace('_', ' ')} (p99 "
-                f"{np.percentile(x, 99):.1f} ms)")
-    ax.set_xlabel("send → verdict latency, ms")
-    ax.set_ylabel("share of frames")
-    ax.set_title(f"verdict latency at {rate:g} frames/s, live page closed / open")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def test_a_failed_triton_is_taken_out_retried_elsewhere_and_taken_back_in(repo: 
     frames = _frames(synth)
     one, two = Triton(repo), Triton(repo)
     st = Station(served_bundle, tmp_path, "--models", f"triton://{one.address},{two.address}", "--max-batch", "1",
-                 "--expert-workers", "2", "--models-timeout", "5")
+                 "--expert-workers", "2", "--models-timeout", "5", "--deadline-ms", "3000")
     results: list[tuple[str, dict, bytes | None]] = []
     sent = 0
 
@@ -210,7 +210,7 @@ def test_a_failed_triton_is_taken_out_retried_elsewhere_and_taken_back_in(repo: 
 
     def answered() -> int:
         results.extend(st.collect(lambda g: False, 0.3))  # what came in the last 0.3 s
-        return sum(t in ("verdict", "error") and "update" not in b for t, b, _ in results)
+        return len({b["seq"] for t, b, _ in results if t in ("verdict", "error")})
 
     def server(addr: str) -> dict:
         return _health(st)["models"]["servers"][addr]
@@ -236,15 +236,21 @@ def test_a_failed_triton_is_taken_out_retried_elsewhere_and_taken_back_in(repo: 
         assert len(verdicts) == sent and not [b for t, b, _ in results if t == "error"]
         assert health["models"]["retried"] == health["models"]["servers"][one.address]["failures"]
         assert health["models"]["servers"][one.address]["taken_out"] == 1
-        # no server left: each frame gets an error (never lost, never hanging), the station says degraded
+        # no server left: each frame gets an error at once and the fail-safe at its deadline (never lost,
+        # never hanging), and the station says it is degraded
         restarted.kill()
         two.kill()
         wait_for(lambda: _health(st)["models"]["in"] == 0, 30, "both servers out")
+        mark = len(results)
         send(3)
-        wait_for(lambda: answered() >= sent, 30, "the frames with no server")
-        errors = [b for t, b, _ in results if t == "error"]
+        wait_for(lambda: answered() and sum(t == "verdict" for t, _, _ in results[mark:]) >= 3, 30,
+                 "the fail-safe verdicts")
+        errors = [b for t, b, _ in results[mark:] if t == "error"]
         assert len(errors) == 3 and {b["code"] for b in errors} == {"models_unreachable"}
         assert "no Triton server answered" in errors[0]["reason"]
+        failsafe = [b for t, b, _ in results[mark:] if t == "verdict"]
+        assert {b["seq"] for b in failsafe} == {b["seq"] for b in errors}
+        assert {(b["verdict"], b["reason"]) for b in failsafe} == {("defect", "deadline")}
         assert _health(st)["status"] == "degraded"
     finally:
         code, summary = st.stop()
