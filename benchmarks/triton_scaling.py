@@ -72,18 +72,22 @@ def main() -> None:
     triton_stats: dict[str, list] = {c: [] for c in conditions}
     triton_cpu: dict[str, list] = {c: [] for c in conditions}
     seg = a.seconds / a.segments
-    tproc = psutil.Process(triton.proc.pid)
+    tprocs = [psutil.Process(triton.proc.pid), *psutil.Process(triton.proc.pid).children(recursive=True)]
+
+    def triton_cpu_s() -> float:  # the server and its Python-backend stubs (processes of their own)
+        return sum(sum(p.cpu_times()[:2]) for p in tprocs)
+
     try:
         for s in (local, remote_a, remote_b):  # warm-up, not recorded
             run_step(ctx, s.ingest, s.publish, pools, a.rate / 2, 3.0, a.defect_rate, 30.0, 99, "w-", s.proc.pid)
         for k in range(a.segments):
             for name, stations in conditions.items():
                 before = remote_a.health()["models"]["triton"]
-                cpu0, t0 = sum(tproc.cpu_times()[:2]), time.monotonic()
+                cpu0, t0 = triton_cpu_s(), time.monotonic()
                 for rep, samples in load(ctx, stations, pools, a.rate, seg, a.defect_rate, 10 * k, name):
                     reps[name].append(rep)
                     lat[name] += [1e3 * (x.verdict_at - x.sent) for x in samples if x.verdict_at is not None]
-                triton_cpu[name].append(100 * (sum(tproc.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0))
+                triton_cpu[name].append(100 * (triton_cpu_s() - cpu0) / (time.monotonic() - t0))
                 triton_stats[name].append(triton_figures(before, remote_a.health()["models"]["triton"]))
                 r = reps[name][-1]["verdict_latency_ms"]
                 print(f"{k} {name:20s} p50 {r['p50']} ms  p99 {r['p99']} ms", flush=True)
@@ -97,7 +101,7 @@ def main() -> None:
         r = pooled(reps[name], lat[name])
         t = [next(iter(x.values())) for x in triton_stats[name] if x]
         n = sum(x["requests"] for x in t)
-        expert = [x["stage_ms_mean"].get("expert") for x in reps[name] if x["stage_ms_mean"].get("expert")]
+        expert = [x["stage_ms_mean"].get("expert_compute") for x in reps[name] if x["stage_ms_mean"].get("expert_compute")]
         r |= {"verdicts_per_s": round(sum(x["achieved_verdict_fps"] for x in reps[name]) / a.segments, 2),
               "station_expert_ms": round(float(np.mean(expert)), 2) if expert else None,
               "triton_cpu_percent": round(float(np.mean(triton_cpu[name])), 1)}

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from helpers import Station, lg, wait_for
@@ -273,3 +274,39 @@ def test_bad_models_arguments_are_refused_in_one_line(served_bundle: Path) -> No
                       ("triton://h:1,h:1", "named twice")):
         r = lg("serve", served_bundle, "--models", spec)
         assert r.returncode != 0 and why in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+@needs_server
+def test_sam_on_triton_gives_the_local_stations_masks(full_bundle: Path, synth: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    r = lg("export", "triton", full_bundle, "--out", repo)
+    assert r.returncode == 0, r.stderr
+    models = json.loads((repo / "lineguard.json").read_text())["models"]
+    assert {m["name"] for m in models.values()} == {"lineguard_expert", "lineguard_sam_encoder", "lineguard_sam_decoder"}
+    assert "max_batch_size: 0" in (repo / "lineguard_sam_decoder" / "config.pbtxt").read_text()
+    server = Triton(repo)
+    frames = [read_image(p) for p in list_images(synth / "test", recursive=True)]
+    runs = {}
+    try:
+        for name, extra in (("local", ()), ("triton", ("--models", f"triton://{server.address}"))):
+            (tmp_path / name).mkdir()
+            st = Station(full_bundle, tmp_path / name, "--no-explain", *extra)
+            try:
+                assert st.ready["health"]["sam"] == ("ok (triton)" if extra else "ok")
+                for i, img in enumerate(frames):
+                    st.send(encode_frame(f"f{i}", "camA", image=img))
+                got = st.collect(lambda g: sum(t == "verdict" and "update" not in b for t, b, _ in g) >= len(frames)
+                                 and sum(b.get("update") == "masks" for t, b, _ in g) >= sum(
+                                     b.get("verdict") == "defect" and "update" not in b for t, b, _ in g), 120)
+                runs[name] = {b["frame_id"]: (b, png) for t, b, png in got if b.get("update") == "masks"}
+            finally:
+                st.stop()
+    finally:
+        server.stop()
+    assert runs["local"] and runs["local"].keys() == runs["triton"].keys()
+    for fid, (local, png) in runs["local"].items():
+        remote, rpng = runs["triton"][fid]
+        assert [d["mask_source"] for d in remote["defects"]] == [d["mask_source"] for d in local["defects"]]
+        assert "sam" in {d["mask_source"] for d in local["defects"]}
+        a, b = (cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_GRAYSCALE) > 0 for x in (png, rpng))
+        assert (a & b).sum() / max(1, (a | b).sum()) > 0.99, fid  # ONNX Runtime in both: the same masks

@@ -38,13 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-model-threshold", action="store_true",
                    help="ignore a threshold the graph applies itself (anomalib's pred_label); calibrate instead")
 
-    t = exs.add_parser("triton", help="a bundle's expert as a Triton Inference Server model repository")
+    t = exs.add_parser("triton", help="a bundle's expert (and SAM) as a Triton Inference Server model repository")
     t.add_argument("bundle")
     t.add_argument("--out", required=True, help="repository folder to create")
     t.add_argument("--backend", choices=["python", "onnxruntime"], default="python",
                    help="python: the bundle's engine in Triton's Python backend (any Triton); onnxruntime: "
                         "Triton's own ONNX Runtime backend, TensorRT set from the precision (GPU servers)")
     t.add_argument("--precision", default="fp32", help="the expert's variant to serve")
+    t.add_argument("--stages", default="expert,sam", help="expert, or expert,sam (SAM where the bundle has it)")
+    t.add_argument("--sam-precision", help="SAM's variant (default: the expert's where SAM has it, else fp32)")
     t.add_argument("--instances", type=positive(int), default=1, help="model instances per server")
     t.add_argument("--max-batch", type=positive(int), default=8)
     t.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batching's wait for a fuller batch")
@@ -133,8 +135,8 @@ def cmd_triton(a: argparse.Namespace) -> int:
     from lineguard.export.triton import export_triton
 
     info = export_triton(a.bundle, a.out, a.backend, a.precision, a.instances, a.max_batch, a.max_queue_delay_us,
-                         a.gpu, a.force)
-    m = info["models"]["expert"]
-    print(json.dumps({"repository": a.out, "model": m["name"], "version": m["version"], "backend": info["backend"],
+                         a.gpu, a.force, tuple(s.strip() for s in a.stages.split(",") if s.strip()), a.sam_precision)
+    print(json.dumps({"repository": a.out, "models": [m["name"] for m in info["models"].values()],
+                      "version": info["models"]["expert"]["version"], "backend": info["backend"],
                       "bundle_hash": info["bundle_hash"]}))
     return 0

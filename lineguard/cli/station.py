@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--models", metavar="triton://HOST:PORT[,HOST:PORT]",
                     help="run the expert on these Triton servers (a repository from `export triton` of this bundle) "
                          "instead of local sessions: least-outstanding spreading, failed servers out and back in")
+    sv.add_argument("--remote-stages", default="expert,sam",
+                    help="what runs on --models: expert, or expert,sam (SAM where the bundle has it)")
     sv.add_argument("--models-timeout", type=positive(float), default=10.0,
                     help="seconds a Triton request may take before its server is taken out (the request is retried)")
     sv.add_argument("--drain", type=float, default=10.0, help="seconds to finish queued frames at SIGTERM")
@@ -140,7 +142,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
                       background_nice=a.background_nice,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts,
                       deadline_ms=a.deadline_ms, on_deadline=a.on_deadline,
-                      models=parse_models(a.models) if a.models else None, models_timeout_s=a.models_timeout)
+                      models=parse_models(a.models) if a.models else None, models_timeout_s=a.models_timeout,
+                      remote_stages=remote_stages(a.remote_stages))
     ep = Endpoints(ingest=a.ingest, publish=a.publish, imagezmq=a.imagezmq, curve_keys=a.curve_keys, hwm=a.hwm,
                    http=http_address(a), http_token=http_token(a))
     if a.expert_workers < 0:
@@ -150,6 +153,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise LineguardError(f"--sam-precision {a.sam_precision}: the bundle's SAM has "
                              f"{', '.join(bundle.stage('sam')['variants'])}")
     return Server(bundle, cfg, ep, a.db, line_sinks(a)).serve(a.drain)
+
+
+def remote_stages(spec: str) -> tuple[str, ...]:
+    stages = tuple(s.strip() for s in spec.split(",") if s.strip())
+    if "expert" not in stages or set(stages) - {"expert", "sam"}:
+        raise LineguardError(f"--remote-stages {spec}: expert, or expert,sam")
+    return stages
 
 
 def line_sinks(a: argparse.Namespace) -> list[tuple[str, dict]]:

@@ -1,32 +1,37 @@
-"""`lineguard export triton`: a bundle's expert as a Triton Inference Server model repository.
+"""`lineguard export triton`: a bundle's models as a Triton Inference Server model repository.
 
     REPO/lineguard.json                      which bundle (its hash), what each model is
     REPO/lineguard_expert/config.pbtxt       inputs/outputs as in the manifest, dynamic batching, instances
     REPO/lineguard_expert/<version>/...      python: model.py + the bundle; onnxruntime: model.onnx
+    REPO/lineguard_sam_encoder/, REPO/lineguard_sam_decoder/   the same for SAM's graphs, where the bundle has SAM
 
 The version directory is a number derived from the bundle's hash (Triton's versions are
-integers); the full hash is in ``lineguard.json`` and in the config's parameters, so a station
-can refuse a repository built from another bundle. ``--backend python`` runs the bundle's ONNX
-graph through ``lineguard.runtime``'s engine inside Triton's Python backend (any Triton, CPU or
-GPU); ``--backend onnxruntime`` hands the graph to Triton's own ONNX Runtime backend, with the
-TensorRT accelerator set from the bundle's precision (for GPU servers).
+integers); the full hash is in ``lineguard.json`` and in each config's parameters, so a station can
+refuse a repository built from another bundle. ``--backend python`` runs the bundle's ONNX graphs
+through ``lineguard.runtime``'s engine inside Triton's Python backend (any Triton, CPU or GPU);
+``--backend onnxruntime`` hands them to Triton's own ONNX Runtime backend, with the TensorRT
+accelerator set from the bundle's precision (for GPU servers). The LLM is not exported: its token
+loop would cross the network once per token, with its KV cache (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lineguard.runtime.bundle import Bundle, BundleWriter
+from lineguard.runtime.bundle.engine import Engine, EngineOptions
 from lineguard.runtime.errors import InputError
-from lineguard.runtime.station.triton_pool import EXPERT_MODEL as MODEL
+from lineguard.runtime.inspection import sam_precision
+from lineguard.runtime.station.triton_pool import EXPERT_MODEL, SAM_MODELS
 
 TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
          "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
 
-MODEL_PY = '''"""A lineguard bundle's expert in Triton's Python backend (written by `lineguard export triton`)."""
+MODEL_PY = '''"""One graph of a lineguard bundle in Triton's Python backend (written by `lineguard export triton`)."""
 import ctypes
 import json
 import os
@@ -48,9 +53,12 @@ class TritonPythonModel:
         here = os.path.dirname(__file__)
         bundle = Bundle.load(os.path.join(here, "bundle"))
         config = json.loads(args["model_config"])
-        precision = config["parameters"]["precision"]["string_value"]
+        p = {k: v["string_value"] for k, v in config["parameters"].items()}
+        stage, graph, precision = p["stage"], p["graph"], p["precision"]
+        path = bundle.variant_path(stage, precision) if graph == "model" else \
+            bundle.root / bundle.stage(stage)["variants"][precision]["graphs"][graph]
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
-        self.engine = Engine(bundle.variant_path("expert", precision), EngineOptions(device=device))
+        self.engine = Engine(path, EngineOptions(device=device))
         self.inputs = list(self.engine.inputs)
         self.outputs = list(self.engine.outputs)
         self.batched = int(config.get("max_batch_size", 0)) > 0
@@ -85,6 +93,45 @@ def _tensor(name, array):
 '''
 
 
+@dataclass
+class Model:
+    """One Triton model of the repository: a graph of the bundle."""
+
+    name: str
+    stage: str
+    graph: str  # "model" for the variant's file, else the key in the variant's ``graphs`` (SAM's)
+    precision: str
+    file: Path
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    batched: bool  # dynamic batch on the first dimension (the expert); SAM's graphs take one frame
+
+
+def plan(bundle: Bundle, precision: str, stages: tuple[str, ...], sam_asked: str | None = None) -> list[Model]:
+    stage = bundle.stage("expert")
+    if precision not in stage["variants"]:
+        raise InputError(f"--precision {precision}: the bundle's expert has {', '.join(stage['variants'])}")
+    batched = not isinstance(stage["inputs"][0]["shape"][0], int)  # a fixed batch (anomalib's 2) is not batched
+    models = [Model(EXPERT_MODEL, "expert", "model", precision, bundle.variant_path("expert", precision),
+                    stage["inputs"], stage["outputs"], batched)]
+    if "sam" in stages and bundle.has_stage("sam"):
+        sp = sam_precision(bundle, precision, sam_asked)
+        graphs = bundle.stage("sam")["variants"].get(sp, {}).get("graphs")
+        if not graphs:
+            raise InputError(f"--sam-precision {sp}: the bundle's SAM has {', '.join(bundle.stage('sam')['variants'])}")
+        for graph, name in SAM_MODELS.items():
+            inputs, outputs = graph_io(bundle.root / graphs[graph])
+            models.append(Model(name, "sam", graph, sp, bundle.root / graphs[graph], inputs, outputs, False))
+    return models
+
+
+def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A graph's inputs and outputs as the manifest writes them, read by ONNX Runtime (the station's
+    own dependency: a repository is written where the bundle is served)."""
+    engine = Engine(path, EngineOptions(device="cpu", threads=1, warmup=0))
+    return engine.io_specs("inputs"), engine.io_specs("outputs")
+
+
 def _dims(spec: dict[str, Any], batched: bool) -> tuple[list[int], list[int] | None]:
     """Triton's dims (without the batch dimension when batching) and, for an output that is only
     a batch, the reshape Triton needs to give it a dimension."""
@@ -102,19 +149,19 @@ def _tensor(spec: dict[str, Any], batched: bool) -> str:
     return f'  {{ name: "{spec["name"]}", data_type: {dtype}, dims: [ {", ".join(map(str, dims))} ]{extra} }}'
 
 
-def config_pbtxt(stage: dict[str, Any], backend: str, precision: str, digest: str, instances: int, max_batch: int,
-                 queue_delay_us: int, kind: str) -> str:
-    batched = not isinstance(stage["inputs"][0]["shape"][0], int)  # a fixed batch (anomalib's 2) is not batched
-    lines = [f'name: "{MODEL}"', f'backend: "{backend}"', f"max_batch_size: {max_batch if batched else 0}",
-             "input [", ",\n".join(_tensor(s, batched) for s in stage["inputs"]), "]",
-             "output [", ",\n".join(_tensor(s, batched) for s in stage["outputs"]), "]"]
-    if batched:
+def config_pbtxt(m: Model, backend: str, digest: str, instances: int, max_batch: int, queue_delay_us: int,
+                 kind: str) -> str:
+    lines = [f'name: "{m.name}"', f'backend: "{backend}"', f"max_batch_size: {max_batch if m.batched else 0}",
+             "input [", ",\n".join(_tensor(s, m.batched) for s in m.inputs), "]",
+             "output [", ",\n".join(_tensor(s, m.batched) for s in m.outputs), "]"]
+    if m.batched:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}")
     lines.append(f"instance_group [ {{ count: {instances}, kind: {kind} }} ]")
-    for key, value in (("lineguard_bundle_hash", digest), ("precision", precision)):
+    for key, value in (("lineguard_bundle_hash", digest), ("precision", m.precision), ("stage", m.stage),
+                       ("graph", m.graph)):
         lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-    if backend == "onnxruntime" and precision in ("fp16", "int8", "trt"):
-        mode = "INT8" if precision == "int8" else "FP16"
+    if backend == "onnxruntime" and m.precision in ("fp16", "int8", "trt"):
+        mode = "INT8" if m.precision == "int8" else "FP16"
         lines.append('optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt"'
                      f' parameters {{ key: "precision_mode" value: "{mode}" }} }} ] }} }}')
     return "\n".join(lines) + "\n"
@@ -122,14 +169,16 @@ def config_pbtxt(stage: dict[str, Any], backend: str, precision: str, digest: st
 
 def export_triton(bundle_path: str | Path, out: str | Path, backend: str = "python", precision: str = "fp32",
                   instances: int = 1, max_batch: int = 8, queue_delay_us: int = 1000, gpu: bool = False,
-                  force: bool = False) -> dict[str, Any]:
+                  force: bool = False, stages: tuple[str, ...] = ("expert", "sam"),
+                  sam_asked: str | None = None) -> dict[str, Any]:
     """Write the repository; returns what ``lineguard.json`` says."""
     if backend not in ("python", "onnxruntime"):
         raise InputError(f"--backend {backend}: python or onnxruntime")
+    unknown = set(stages) - {"expert", "sam"}
+    if unknown or "expert" not in stages:
+        raise InputError(f"--stages {','.join(stages)}: the expert, and SAM where wanted (expert or expert,sam)")
     bundle = Bundle.load(bundle_path)
-    stage = bundle.stage("expert")
-    if precision not in stage["variants"]:
-        raise InputError(f"--precision {precision}: the bundle's expert has {', '.join(stage['variants'])}")
+    models = plan(bundle, precision, stages, sam_asked)
     out = Path(out)
     if out.exists():
         if not force:
@@ -137,27 +186,29 @@ def export_triton(bundle_path: str | Path, out: str | Path, backend: str = "pyth
         shutil.rmtree(out)
     digest = bundle.content_hash()
     version = int(digest[:7], 16) % 10**8 + 1  # Triton versions are positive integers
-    model = out / MODEL
-    vdir = model / str(version)
-    vdir.mkdir(parents=True)
     kind = "KIND_GPU" if gpu else "KIND_CPU"
-    (model / "config.pbtxt").write_text(config_pbtxt(stage, backend, precision, digest, instances, max_batch,
-                                                     queue_delay_us, kind))
-    if backend == "python":
-        (vdir / "model.py").write_text(MODEL_PY)
-        for p in bundle.root.rglob("*"):  # hard links where the file system allows: a bundle may hold GBs
-            if p.is_file():
-                BundleWriter.link_or_copy(p, vdir / "bundle" / p.relative_to(bundle.root))
-    else:
-        shutil.copy2(bundle.variant_path("expert", precision), vdir / "model.onnx")
-        data = bundle.variant_path("expert", precision).with_suffix(".onnx.data")
-        if data.is_file():
-            shutil.copy2(data, vdir / data.name)
+    for m in models:
+        vdir = out / m.name / str(version)
+        vdir.mkdir(parents=True)
+        (out / m.name / "config.pbtxt").write_text(config_pbtxt(m, backend, digest, instances, max_batch,
+                                                                queue_delay_us, kind))
+        if backend == "python":
+            (vdir / "model.py").write_text(MODEL_PY)
+            for p in bundle.root.rglob("*"):  # hard links where the file system allows: a bundle may hold GBs
+                if p.is_file():
+                    BundleWriter.link_or_copy(p, vdir / "bundle" / p.relative_to(bundle.root))
+        else:
+            shutil.copy2(m.file, vdir / "model.onnx")
+            data = m.file.with_suffix(".onnx.data")
+            if data.is_file():
+                shutil.copy2(data, vdir / data.name)
     info = {"format": "lineguard-triton", "bundle_hash": digest, "bundle": str(bundle.root.resolve()),
             "product": bundle.manifest.get("product"), "backend": backend, "precision": precision,
-            "models": {"expert": {"name": MODEL, "version": version, "inputs": stage["inputs"],
-                                  "outputs": stage["outputs"], "roles": stage.get("roles", {}),
-                                  "input_spec": stage.get("input_spec")}},
+            "models": {f"{m.stage}_{m.graph}" if m.stage == "sam" else m.stage:
+                       {"name": m.name, "version": version, "precision": m.precision, "inputs": m.inputs,
+                        "outputs": m.outputs, "batched": m.batched} for m in models},
             "manifest": bundle.manifest}
+    info["models"]["expert"] |= {"roles": bundle.stage("expert").get("roles", {}),
+                                 "input_spec": bundle.stage("expert").get("input_spec")}
     (out / "lineguard.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

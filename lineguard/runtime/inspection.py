@@ -50,10 +50,11 @@ def sam_precision(bundle: Bundle, precision: str, asked: str | None = None) -> s
     return asked or (precision if precision in bundle.stage("sam")["variants"] else "fp32")
 
 
-def load_sam(bundle: Bundle, precision: str, opts: EngineOptions | None, asked: str | None = None) -> Any:
+def load_sam(bundle: Bundle, precision: str, opts: EngineOptions | None, asked: str | None = None,
+             engines: tuple[Any, Any] | None = None) -> Any:
     from lineguard.runtime.stages.sam import SamStage
 
-    return SamStage(bundle, sam_precision(bundle, precision, asked), opts)
+    return SamStage(bundle, sam_precision(bundle, precision, asked), opts, engines)
 
 
 def load_explainer(bundle: Bundle, opts: EngineOptions | None, constrain: bool | None = None) -> Any:

@@ -10,6 +10,7 @@ to the resized frame and resized to the frame (bilinear, half-pixel centres — 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,7 +69,9 @@ def map_prompt(amap: np.ndarray, level: float, input_hw: tuple[int, int], size: 
 class SamStage:
     """Runs a bundle's SAM graphs: ``encode`` a frame, then ``segment`` it with prompts."""
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32", opts: EngineOptions | None = None) -> None:
+    def __init__(self, bundle: Bundle, precision: str = "fp32", opts: EngineOptions | None = None,
+                 engines: tuple[Any, Any] | None = None) -> None:
+        """``engines``: the encoder's and the decoder's, already made (the station's on a Triton pool)."""
         stage = bundle.stage("sam")
         variants = stage["variants"]
         if precision not in variants:
@@ -85,8 +88,8 @@ class SamStage:
         if self.mask_prompt not in (None, "expert_map"):  # served without it, it would be a different model
             raise BundleError(f"{bundle.root}/manifest.json: stages.sam.options.mask_prompt "
                               f"{self.mask_prompt!r} is not known to this runtime (known: expert_map)")
-        self.encoder = Engine(bundle.root / files["encoder"], opts)
-        self.decoder = Engine(bundle.root / files["decoder"], replace(opts, warmup=0))
+        self.encoder, self.decoder = engines or (Engine(bundle.root / files["encoder"], opts),
+                                                 Engine(bundle.root / files["decoder"], replace(opts, warmup=0)))
         # the sparse-embedding decoder (a projected [SEG] token, EIAD's way in) is loaded on first use:
         # the station's prompts are boxes and points
         self._sparse = (bundle.root / files["sparse_decoder"], replace(opts, warmup=0)) \

@@ -38,7 +38,7 @@ from typing import Any
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import BundleError
-from lineguard.runtime.inspection import Inspection, Inspector, load_explainer, load_sam
+from lineguard.runtime.inspection import Inspection, Inspector, load_explainer, load_sam, sam_precision
 from lineguard.runtime.stages import classify
 from lineguard.runtime.stages.expert import Expert
 from lineguard.runtime.station.artifacts import Artifacts
@@ -47,7 +47,13 @@ from lineguard.runtime.station.outbox import Outbox, Publish
 from lineguard.runtime.station.protocol import Frame, FrameError, Limits, parse_frame, parse_imagezmq
 from lineguard.runtime.station.stats import Stats
 from lineguard.runtime.station.store import ResultStore
-from lineguard.runtime.station.triton_pool import ModelsUnreachable, RemoteEngine, TritonPool
+from lineguard.runtime.station.triton_pool import (
+    EXPERT_MODEL,
+    SAM_MODELS,
+    ModelsUnreachable,
+    RemoteEngine,
+    TritonPool,
+)
 
 log = logging.getLogger("lineguard.serve")
 STOP = object()  # flows down the queues at shutdown, after the last frame
@@ -77,7 +83,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     deadline_ms: float | None = None  # every frame gets a decision this long after arrival (fail-safe if need be)
     on_deadline: str = "reject"  # the fail-safe: reject (defect), accept (good), none (only counted)
-    models: list[str] | None = None  # Triton servers (HOST:PORT) that run the expert instead of local sessions
+    models: list[str] | None = None  # Triton servers (HOST:PORT) that run the expert (and SAM) instead of local sessions
+    remote_stages: tuple[str, ...] = ("expert", "sam")  # what runs on them (SAM where the bundle has it)
     models_timeout_s: float = 10.0  # a request to one of them taking longer takes it out (and is retried)
     artifacts: str | None = None  # mask PNG + overlay JPEG per flagged frame
     keep_artifacts: int = 1000  # frames whose artefacts are kept; older ones are deleted
@@ -92,11 +99,17 @@ class Pipeline:
         self.stats = Stats()
         opts = opts or EngineOptions(device=cfg.device, threads=cfg.threads, spinning=cfg.spinning)
         self.health: dict[str, str] = {}
-        self.models = TritonPool(cfg.models, bundle, cfg.precision, cfg.models_timeout_s) if cfg.models else None
+        remote = remote_models(bundle, cfg)
+        self.models = TritonPool(cfg.models, bundle, remote, cfg.models_timeout_s) if cfg.models else None
         self.experts = expert_sessions(bundle, cfg, opts, self.models)
         self.health["expert"] = f"ok ({self.experts[0].engine.provider})"
         bg = replace(opts, threads=cfg.background_threads)
-        sam = self._load("sam", lambda: load_sam(bundle, cfg.precision, bg, cfg.sam_precision)) if cfg.masks else None
+        sam_engines = tuple(RemoteEngine(self.models, SAM_MODELS[g]) for g in ("encoder", "decoder")) \
+            if SAM_MODELS["encoder"] in remote else None
+        sam = self._load("sam", lambda: load_sam(bundle, cfg.precision, bg, cfg.sam_precision, sam_engines)) \
+            if cfg.masks else None
+        if sam is not None and sam_engines:
+            self.health["sam"] = "ok (triton)"
         explainer = self._load("llm", lambda: load_explainer(bundle, bg, cfg.constrain)) if cfg.explain else None
         for name, on in (("sam", cfg.masks), ("llm", cfg.explain)):
             if not on:
@@ -398,7 +411,8 @@ def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions, pool:
     give its dynamic batcher something to join)."""
     if pool is not None:
         n = cfg.expert_workers or 2 * len(pool.members)
-        return [Expert(bundle, cfg.precision, engine=RemoteEngine(pool, bundle.stage("expert"))) for _ in range(n)]
+        return [Expert(bundle, cfg.precision, engine=RemoteEngine(pool, EXPERT_MODEL, bundle.stage("expert")))
+                for _ in range(n)]
     cores = os.cpu_count() or 1
     want = cfg.expert_workers or min(4, cores)
     per = max(1, (opts.threads or cores) // want)  # the threads asked for (or the cores), split
@@ -406,6 +420,16 @@ def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions, pool:
     if first.engine.provider != "CPUExecutionProvider" and not cfg.expert_workers:
         return [first]  # a GPU runs one session's batches; more would only contend for it
     return [first] + [Expert(bundle, cfg.precision, replace(opts, threads=per)) for _ in range(want - 1)]
+
+
+def remote_models(bundle: Bundle, cfg: ServeConfig) -> dict[str, str]:
+    """The Triton models a station on a pool uses, each with the precision it must serve."""
+    if not cfg.models:
+        return {}
+    out = {EXPERT_MODEL: cfg.precision}
+    if "sam" in cfg.remote_stages and cfg.masks and bundle.has_stage("sam"):
+        out |= dict.fromkeys(SAM_MODELS.values(), sam_precision(bundle, cfg.precision, cfg.sam_precision))
+    return out
 
 
 def lower_priority(nice: int) -> None:

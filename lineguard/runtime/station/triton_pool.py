@@ -32,7 +32,8 @@ from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.errors import LineguardError
 
 log = logging.getLogger("lineguard.triton")
-EXPERT_MODEL = "lineguard_expert"  # the name `export triton` gives the expert in the repository
+EXPERT_MODEL = "lineguard_expert"  # the names `export triton` gives the models in the repository
+SAM_MODELS = {"encoder": "lineguard_sam_encoder", "decoder": "lineguard_sam_decoder"}
 TRITON_TYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16",
                 np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL"}
 # transport failures: the server, not the request, is at fault; the request is tried elsewhere
@@ -69,7 +70,7 @@ class Member:
         self.state = "out"  # in | out (not answering) | refused (another bundle)
         self.reason = "not checked yet"
         self.outstanding = self.requests = self.failures = self.times_out = 0
-        self.max_batch = 0  # the repository's max_batch_size (0: the graph's batch is fixed)
+        self.max_batch: dict[str, int] = {}  # per model, the repository's max_batch_size (0: not batched)
 
     def describe(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason, "outstanding": self.outstanding,
@@ -77,14 +78,16 @@ class Member:
 
 
 class TritonPool:
-    def __init__(self, addresses: list[str], bundle: Bundle, precision: str, timeout_s: float = 10.0,
+    """``models``: the Triton models this station uses and the precision each must serve."""
+
+    def __init__(self, addresses: list[str], bundle: Bundle, models: dict[str, str], timeout_s: float = 10.0,
                  check_every_s: float = 1.0) -> None:
         try:
             import tritonclient.grpc as grpc
         except ImportError:
             raise LineguardError("--models triton://… needs tritonclient: pip install 'lineguard[triton]'") from None
         self._grpc = grpc
-        self.digest, self.precision, self.timeout_s = bundle.content_hash(), precision, timeout_s
+        self.digest, self.models, self.timeout_s = bundle.content_hash(), models, timeout_s
         self.members = [Member(a) for a in addresses]
         self.lock = threading.Lock()
         self.retried = self.unreachable = 0
@@ -103,32 +106,40 @@ class TritonPool:
 
     # ---- membership ----------------------------------------------------------------------
     def check(self, m: Member) -> None:
-        """Ask ``m`` whether it is ready and serves this bundle; set its state."""
+        """Ask ``m`` whether it is ready and serves this bundle's models; set its state."""
+        configs = {}
         try:
             if m.client is None:
                 m.client = self._grpc.InferenceServerClient(m.address)
             t = min(self.timeout_s, 2.0)
-            if not m.client.is_server_ready(client_timeout=t) or not m.client.is_model_ready(EXPERT_MODEL,
-                                                                                             client_timeout=t):
-                raise LineguardError(f"{EXPERT_MODEL} is not ready")
-            cfg = m.client.get_model_config(EXPERT_MODEL, as_json=True, client_timeout=t)["config"]
+            if not m.client.is_server_ready(client_timeout=t):
+                raise LineguardError("the server is not ready")
+            for name in self.models:
+                if not m.client.is_model_ready(name, client_timeout=t):
+                    raise LineguardError(f"{name} is not ready (a repository exported with --stages expert "
+                                         "serves no SAM: serve --remote-stages expert)" if name in
+                                         SAM_MODELS.values() else f"{name} is not ready")
+                configs[name] = m.client.get_model_config(name, as_json=True, client_timeout=t)["config"]
         except Exception as e:  # any failure to answer leaves it out; a new channel next time
             self._out(m, _reason(e))
             return
-        params = {k: v.get("string_value") for k, v in cfg.get("parameters", {}).items()}
-        theirs = params.get("lineguard_bundle_hash")
-        if theirs != self.digest:
-            m.state, m.reason = "refused", (f"its {EXPERT_MODEL} was exported from bundle {str(theirs)[:12]}, this "
-                                            f"station's bundle is {self.digest[:12]}: export the repository from this "
-                                            "bundle (lineguard export triton)")
-        elif params.get("precision") != self.precision:
-            m.state, m.reason = "refused", (f"it serves the {params.get('precision')} variant, this station asks for "
-                                            f"{self.precision}")
-        else:
-            with self.lock:
-                was = m.state
-                m.max_batch, m.state, m.reason = int(cfg.get("max_batch_size", 0)), "in", "ready"
-            if was == "out" and m.requests:
+        for name, cfg in configs.items():
+            params = {k: v.get("string_value") for k, v in cfg.get("parameters", {}).items()}
+            theirs = params.get("lineguard_bundle_hash")
+            if theirs != self.digest:
+                m.state, m.reason = "refused", (f"its {name} was exported from bundle {str(theirs)[:12]}, this "
+                                                f"station's bundle is {self.digest[:12]}: export the repository "
+                                                "from this bundle (lineguard export triton)")
+                return
+            if params.get("precision") != self.models[name]:
+                m.state, m.reason = "refused", (f"its {name} serves the {params.get('precision')} variant, this "
+                                                f"station asks for {self.models[name]}")
+                return
+        with self.lock:
+            was = m.state
+            m.max_batch = {name: int(cfg.get("max_batch_size", 0)) for name, cfg in configs.items()}
+            m.state, m.reason = "in", "ready"
+        if was == "out" and m.requests:
                 log.warning("triton://%s answers again: taken back in", m.address)
 
     def _out(self, m: Member, reason: str) -> None:
@@ -168,8 +179,9 @@ class TritonPool:
             m.requests += 1
             return m
 
-    def infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> tuple[dict[str, np.ndarray], str]:
-        """The outputs and the address of the server that answered."""
+    def infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) \
+            -> tuple[dict[str, np.ndarray], str]:
+        """``model``'s outputs (all where ``outputs`` is None) and the address of the server that answered."""
         tried: set[str] = set()
         while True:
             m = self._pick(tried)
@@ -183,7 +195,7 @@ class TritonPool:
                     self.retried += 1
             tried.add(m.address)
             try:
-                return self._infer_on(m, feeds, outputs), m.address
+                return self._infer_on(m, model, feeds, outputs), m.address
             except Exception as e:
                 with self.lock:
                     m.failures += 1
@@ -194,24 +206,27 @@ class TritonPool:
                 with self.lock:
                     m.outstanding -= 1
 
-    def _infer_on(self, m: Member, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def _infer_on(self, m: Member, model: str, feeds: dict[str, np.ndarray], outputs: list[str] | None) \
+            -> dict[str, np.ndarray]:
         client = m.client
         if client is None:
             raise ConnectionError("taken out while the request waited")
         n = len(next(iter(feeds.values())))
-        step = m.max_batch or n  # a request larger than the repository's max_batch_size goes in parts
+        batch = m.max_batch.get(model, 0)
+        step = batch or n  # a request larger than the repository's max_batch_size goes in parts
         parts = []
         for i in range(0, n, step):
             inputs = []
             for name, x in feeds.items():
-                x = np.ascontiguousarray(x[i : i + step] if m.max_batch else x)
+                x = np.ascontiguousarray(x[i : i + step] if batch else x)
                 inp = self._grpc.InferInput(name, list(x.shape), TRITON_TYPES[x.dtype])
                 inp.set_data_from_numpy(x)
                 inputs.append(inp)
-            r = client.infer(EXPERT_MODEL, inputs, outputs=[self._grpc.InferRequestedOutput(o) for o in outputs],
-                             client_timeout=self.timeout_s)
-            parts.append({o: r.as_numpy(o) for o in outputs})
-        return parts[0] if len(parts) == 1 else {o: np.concatenate([p[o] for p in parts]) for o in outputs}
+            asked = [self._grpc.InferRequestedOutput(o) for o in outputs] if outputs else None
+            r = client.infer(model, inputs, outputs=asked, client_timeout=self.timeout_s)
+            names = outputs or [o.name for o in r.get_response().outputs]  # none asked: all of them
+            parts.append({o: r.as_numpy(o) for o in names})
+        return parts[0] if len(parts) == 1 else {o: np.concatenate([p[o] for p in parts]) for o in parts[0]}
 
     # ---- reports -------------------------------------------------------------------------
     def states(self) -> dict[str, Any]:
@@ -222,7 +237,8 @@ class TritonPool:
 
     def statistics(self) -> dict[str, dict[str, Any]]:
         """Each answering server's cumulative figures for the expert (Triton's statistics API): requests,
-        executions (batches it ran), inferences (frames), and queue and compute time in ms."""
+        executions (batches it ran), inferences (frames), and queue and compute time in ms. The expert
+        only: it is the line rate (SAM's requests are the flagged frames', counted by the station)."""
         out = {}
         for m in self.members:
             client = m.client
@@ -245,20 +261,23 @@ class TritonPool:
 
 
 class RemoteEngine:
-    """What the expert stage needs of an ``Engine`` (inputs, outputs, run), answered by the pool.
-    ``served_by`` is the server that answered the last ``run`` (one engine per expert worker)."""
+    """What a stage needs of an ``Engine`` (inputs, outputs, run), answered by the pool's ``model``.
+    ``inputs``/``outputs`` come from the manifest where it has them (the expert's); ``run`` without
+    output names asks for all. ``served_by`` is the server that answered the last ``run`` (one
+    engine per thread that runs it)."""
 
     provider = "triton"
 
-    def __init__(self, pool: TritonPool, stage: dict[str, Any]) -> None:
-        self.pool = pool
-        self.path = Path(f"triton://{EXPERT_MODEL}")
+    def __init__(self, pool: TritonPool, model: str, stage: dict[str, Any] | None = None) -> None:
+        self.pool, self.model = pool, model
+        self.path = Path(f"triton://{model}")
+        stage = stage or {"inputs": [], "outputs": []}
         self.inputs = {s["name"]: IO(s["name"], s["shape"], s["dtype"]) for s in stage["inputs"]}
         self.outputs = [s["name"] for s in stage["outputs"]]
         self.served_by: str | None = None
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        r, self.served_by = self.pool.infer(feeds, outputs or self.outputs)
+        r, self.served_by = self.pool.infer(self.model, feeds, outputs or self.outputs or None)
         return r
 
 
