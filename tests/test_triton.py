@@ -310,3 +310,16 @@ def test_sam_on_triton_gives_the_local_stations_masks(full_bundle: Path, synth: 
         assert "sam" in {d["mask_source"] for d in local["defects"]}
         a, b = (cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_GRAYSCALE) > 0 for x in (png, rpng))
         assert (a & b).sum() / max(1, (a | b).sum()) > 0.99, fid  # ONNX Runtime in both: the same masks
+
+
+@needs_server
+def test_bench_on_a_triton_station_reports_tritons_queue_and_compute(triton: Triton, served_bundle: Path,
+                                                                     synth: Path, tmp_path: Path) -> None:
+    r = lg("bench", served_bundle, "--images", synth, "--rate", "5", "--duration", "2", "--warmup", "1",
+           "--serve-args", f"--models triton://{triton.address}", "--out", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    t = report["triton"][triton.address]
+    assert report["result"]["unaccounted"] == 0 and t["frames"] >= report["result"]["verdicts"]
+    assert t["requests"] > 0 and t["compute_ms_mean"] > 0 and t["queue_ms_mean"] >= 0 and t["mean_batch"] >= 1
+    assert json.loads((tmp_path / "report.json").read_text())["triton"] == report["triton"]
