@@ -19,7 +19,7 @@ from helpers import Station, lg, wait_for
 
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import Engine
-from lineguard.runtime.clients.tritonserver import pytriton_dist
+from lineguard.runtime.clients.tritonserver import server_problem
 from lineguard.runtime.imageio import list_images, read_image
 from lineguard.runtime.ports import free_ports
 from lineguard.runtime.stages.preprocess import to_batch
@@ -28,10 +28,7 @@ from lineguard.runtime.station.protocol import encode_frame
 grpc = pytest.importorskip("tritonclient.grpc", reason="the Triton tests need tritonclient[grpc] (the dev extra)")
 
 
-def has_server() -> bool:
-    import shutil
-
-    return bool(shutil.which("tritonserver") or pytriton_dist())
+PROBLEM = server_problem()  # None where a Triton server can start here
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +95,8 @@ class Triton:
             client.close()
 
 
-needs_server = pytest.mark.skipif(not has_server(), reason="no Triton server here: pip install --no-deps "
-                                  "nvidia-pytriton (make test does) or put tritonserver on PATH")
+needs_server = pytest.mark.skipif(PROBLEM is not None, reason=f"no Triton server can start here ({PROBLEM}): pip "
+                                  "install --no-deps nvidia-pytriton (make test does) or put tritonserver on PATH")
 
 
 @needs_server
@@ -131,8 +128,8 @@ def test_triton_answers_as_the_local_engine(repo: Path, served_bundle: Path, syn
 
 @pytest.fixture(scope="module")
 def triton(repo: Path) -> Triton:
-    if not has_server():
-        pytest.skip("no Triton server here")
+    if PROBLEM is not None:
+        pytest.skip(f"no Triton server can start here: {PROBLEM}")
     t = Triton(repo)
     yield t
     t.stop()

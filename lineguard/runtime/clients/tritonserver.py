@@ -62,6 +62,20 @@ def prepare(work: Path) -> tuple[list[str], dict[str, str]]:
             "--cache-directory", str(server / "caches")], env
 
 
+def server_problem(work: Path | None = None) -> str | None:
+    """Why no Triton server can start here (None: one can): none installed, or a binary that does not
+    run on this machine (its libraries missing). Running ``--help`` loads every library the server links."""
+    with tempfile.TemporaryDirectory(prefix="lineguard-triton-") as tmp:
+        try:
+            cmd, env = prepare(Path(work or tmp))
+            r = subprocess.run([cmd[0], "--help"], env=env, capture_output=True, text=True, timeout=60)
+        except (LineguardError, OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+    if "Usage: tritonserver" not in r.stdout + r.stderr:
+        return f"{cmd[0]} does not run here: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+    return None
+
+
 class TritonServer:
     """A Triton server process on ``repo``; ``ready`` after its models have loaded."""
 
