@@ -68,7 +68,9 @@ class Listener:
         self.c.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
         self.c.on_subscribe = lambda *_: self.subscribed.set()
         self.c.on_message = self._message
-        self.c.reconnect_delay_set(0.2, 1)
+        # back well before the station (its back-off starts at 1 s): what the station sends on reconnecting
+        # must find this subscriber there, or the test would race the two reconnections
+        self.c.reconnect_delay_set(0.05, 0.1)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         assert self.subscribed.wait(10), "the test's MQTT subscriber could not subscribe"

@@ -108,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bn.add_argument("--defect-rate", type=float, default=0.05, help="share of defect frames sent")
     bn.add_argument("--max-latency-ms", type=positive(float), default=250.0, help="p99 send → verdict limit")
     bn.add_argument("--sweep", action="store_true", help="step the rate ×1.5 until the limit breaks")
+    bn.add_argument("--jpeg", type=int, metavar="QUALITY", help="send JPEG at this quality instead of raw pixels")
     bn.add_argument("--connect", nargs=2, metavar=("INGEST", "PUBLISH"), help="a running serve instead of a new one")
     bn.add_argument("--out", help="write report.json, samples.csv (and curve.csv/png with --sweep) here")
     bn.add_argument("--grace", type=positive(float), default=30.0, help="seconds to wait for late results")
@@ -221,9 +222,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         raise LineguardError("give a BUNDLE to serve, or --connect INGEST PUBLISH for a running one")
     if not 0 <= a.defect_rate <= 1:
         raise LineguardError(f"--defect-rate {a.defect_rate}: must be between 0 and 1")
+    if a.jpeg is not None and not 1 <= a.jpeg <= 100:
+        raise LineguardError(f"--jpeg {a.jpeg}: a quality from 1 to 100")
     ok, report = run_bench(a.bundle, a.images, a.rate, a.duration, a.defect_rate, a.max_latency_ms, a.sweep,
                            tuple(a.connect) if a.connect else None, shlex.split(a.serve_args), a.out, a.grace,
-                           warmup_s=a.warmup)
+                           warmup_s=a.warmup, jpeg=a.jpeg)
     print(json.dumps(report, indent=2) if a.json else table(report))
     if report["result"]["unaccounted"]:
         return 4  # the server did not answer every frame: a partial report

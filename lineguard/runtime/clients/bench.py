@@ -167,7 +167,7 @@ def verdict_of(r: dict[str, Any], rate: float, max_latency_ms: float) -> tuple[b
 
 def run_step(ctx: zmq.Context, ingest: str, publish: str, pools: tuple[list, list], rate: float, duration: float,
              defect_rate: float, grace_s: float, seed: int, prefix: str, pid: int | None,
-             explained: bool = False) -> tuple[dict, list[Sample]]:
+             explained: bool = False, jpeg: int | None = None) -> tuple[dict, list[Sample]]:
     """One load level. ``explained``: the server explains, so the grace period also waits for the
     flagged frames' explanations (else they would land in the next step, uncounted)."""
     col = Collector(ctx, publish)
@@ -176,7 +176,7 @@ def run_step(ctx: zmq.Context, ingest: str, publish: str, pools: tuple[list, lis
     try:
         cpu0, _ = _proc_stats(pid) if pid else (float("nan"), 0)
         w0, own0 = time.time(), time.process_time()
-        gen = send_open_loop(ctx, ingest, col, pools[0], pools[1], rate, duration, defect_rate, seed, prefix)
+        gen = send_open_loop(ctx, ingest, col, pools[0], pools[1], rate, duration, defect_rate, seed, prefix, jpeg)
         if gen["generated_fps"] < 0.95 * rate:
             raise LineguardError(f"the load generator reached only {gen['generated_fps']} fps of the {rate} asked on "
                                  "this machine (lower --rate or use a faster sender); the station was not measured")
@@ -259,7 +259,7 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
               max_latency_ms: float = 250.0, sweep: bool = False, connect: tuple[str, str] | None = None,
               serve_args: list[str] | None = None, out: str | None = None, grace_s: float = 30.0,
               seed: int = 0, step: float = 1.5, max_steps: int = 12,
-              warmup_s: float = 2.0) -> tuple[bool, dict[str, Any]]:
+              warmup_s: float = 2.0, jpeg: int | None = None) -> tuple[bool, dict[str, Any]]:
     pools = image_pools(images, seed=seed)
     if defect_rate > 0 and not pools[1]:
         raise LineguardError(f"--images {images}: no defect images (MVTec test/<defect> folders) for --defect-rate "
@@ -274,12 +274,12 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
         explains = str(((served.ready.get("health") or {}) if served else {}).get("llm", "")).startswith("ok")
         if warmup_s > 0:  # first batches, lazy allocations, caches: not the line's steady state
             run_step(ctx, ingest, publish, pools, rate, warmup_s, defect_rate, grace_s, seed + 1000, "w-",
-                     pid, explained=explains)  # its explanations finish before the first measured step
+                     pid, explained=explains, jpeg=jpeg)  # its explanations finish before the first measured step
         start = served.health() if served else {}  # Triton's counters are cumulative: the steps' share is a difference
         r_now, retried = rate, False
         for k in range(max_steps if sweep else 1):
             rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,
-                                    f"s{k}-", pid, explained=explains)
+                                    f"s{k}-", pid, explained=explains, jpeg=jpeg)
             ok, why = verdict_of(rep, r_now, max_latency_ms)
             rep |= {"pass": ok, "why": why, "retry": retried}
             steps.append(rep)
@@ -296,6 +296,7 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
         ctx.destroy(0)
     first = steps[0]
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "bundle": bundle, "images": images, "target_fps": rate,
+              "encoding": f"jpeg q{jpeg}" if jpeg else "raw",
               "duration_s": duration, "defect_rate": defect_rate, "max_latency_ms": max_latency_ms,
               "pass": first["pass"], "why": first["why"], "result": first,
               "providers": (served.ready.get("health") if served else None), "mean_batch": health.get("mean_batch"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import zmq
 
@@ -112,13 +113,20 @@ class Collector(threading.Thread):
         self.sock.close(0)
 
 
+def encoded(frames: list[np.ndarray], jpeg: int | None) -> list[list[Any]] | None:
+    """Each frame as the wire carries it: raw pixels, or a JPEG at quality ``jpeg`` (as a camera sends it)."""
+    if jpeg is None:
+        return [encode_frame("x", "bench", image=f) for f in frames] or None
+    return [encode_frame("x", "bench", jpeg=cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, jpeg])[1].tobytes())
+            for f in frames] or None
+
+
 def send_open_loop(ctx: zmq.Context, ingest: str, collector: Collector, normal: list[np.ndarray],
                    defect: list[np.ndarray], rate: float, duration: float, defect_rate: float, seed: int = 0,
-                   prefix: str = "b") -> dict[str, Any]:
+                   prefix: str = "b", jpeg: int | None = None) -> dict[str, Any]:
     """Send ``rate × duration`` frames on schedule; returns the generator's own figures."""
     rng = np.random.default_rng(seed)
-    pool_n = [encode_frame("x", "bench", image=f) for f in normal] or None
-    pool_d = [encode_frame("x", "bench", image=f) for f in defect] or None
+    pool_n, pool_d = encoded(normal, jpeg), encoded(defect, jpeg)
     sock = ctx.socket(zmq.PUSH)
     sock.sndhwm, sock.linger = 100_000, 5000  # linger: close() must not discard the last frames queued
     sock.connect(ingest)
