@@ -32,3 +32,23 @@ def test_a_store_from_before_station_ids_is_kept_aside(tmp_path):
     s.close()
     old = sqlite3.connect(db).execute("SELECT frame_id, camera FROM results_v0").fetchall()
     assert old == [("a-0", "camA")]  # nothing lost
+
+
+def test_a_batch_of_verdicts_is_one_transaction_and_repeats_are_found_inside_it(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    res = {"verdict": "good", "score": 0.1, "score_norm": 0.2, "findings": {}}
+    got = store.verdicts([(1, "a", "cam", res, {"received": 1.0}, False), (2, "b", "cam", res, {}, True),
+                          (3, "a", "cam", res | {"verdict": "defect"}, {}, False)])
+    assert got == [False, False, True]  # the sender's "a" again, in the same batch: its own row, marked
+    rows = store.rows()
+    assert [(r["seq"], r["frame_id"], r["verdict"], r["repeat"], r["deadline_missed"]) for r in rows] == [
+        (1, "a", "good", 0, 0), (2, "b", "good", 0, 1), (3, "a", "defect", 1, 0)]
+    # a batch that fails half-way leaves nothing of it: no row is published unstored, none stored twice
+    try:
+        store.verdicts([(4, "c", "cam", res, {}, False), (5, "d", "cam", {"verdict": object()}, {}, False)])
+    except Exception:
+        pass
+    else:
+        raise AssertionError("an unstorable verdict must fail its batch")
+    assert [r["seq"] for r in store.rows()] == [1, 2, 3]
+    store.close()

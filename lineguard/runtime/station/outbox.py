@@ -40,24 +40,30 @@ class Outbox:
     def verdict(self, f: Frame, ins: Inspection, late: str | None = None) -> None:
         """``late``: the frame's deadline passed first — "failsafe" (its fail-safe verdict was the
         decision: this one follows as ``"update": "verdict"``) or "missed" (no fail-safe: marked)."""
-        rec = ins.record
-        repeat = bool(self.store) and self.store.verdict(f.seq, f.frame_id, f.camera,
-                                                         rec | {"findings": {"hottest": rec["hottest"]}}, f.ts,
-                                                         late=late is not None)
-        if repeat:  # the sender used this id before: both frames are kept, and it is said
-            self.stats.inc("repeated_ids")
-        f.ts["verdict"] = time.time()
-        if self.live is not None:
-            self.live.frame(f.camera, f.seq, f.image, rec["verdict"] == "defect")
-        extra = ({"repeat": True} if repeat else {}) | ({"deadline_missed": True} if late else {}) \
-            | ({"update": "verdict"} if late == "failsafe" else {})
-        self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)} | extra, None)
-        self.stats.inc("verdicts")
-        with self.stats.lock:
-            self.stats.verdicts[str(rec["verdict"])] += 1
-            self.stats.cameras[f.camera]["frames"] += 1
-            self.stats.cameras[f.camera]["defects"] += rec["verdict"] == "defect"
-        self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
+        self.verdicts([(f, ins, late)])
+
+    def verdicts(self, items: list[tuple[Frame, Inspection, str | None]]) -> None:
+        """An expert batch's verdicts: stored in one transaction, then each published."""
+        repeats = self.store.verdicts([(f.seq, f.frame_id, f.camera,
+                                        ins.record | {"findings": {"hottest": ins.record["hottest"]}}, f.ts,
+                                        late is not None) for f, ins, late in items]) \
+            if self.store else [False] * len(items)
+        for (f, ins, late), repeat in zip(items, repeats):
+            rec = ins.record
+            if repeat:  # the sender used this id before: both frames are kept, and it is said
+                self.stats.inc("repeated_ids")
+            f.ts["verdict"] = time.time()
+            if self.live is not None:
+                self.live.frame(f.camera, f.seq, f.image, rec["verdict"] == "defect")
+            extra = ({"repeat": True} if repeat else {}) | ({"deadline_missed": True} if late else {}) \
+                | ({"update": "verdict"} if late == "failsafe" else {})
+            self.publish("verdict", body(f) | rec | {"ts": dict(f.ts)} | extra, None)
+            self.stats.inc("verdicts")
+            with self.stats.lock:
+                self.stats.verdicts[str(rec["verdict"])] += 1
+                self.stats.cameras[f.camera]["frames"] += 1
+                self.stats.cameras[f.camera]["defects"] += rec["verdict"] == "defect"
+            self.stats.observe("verdict", f.ts["verdict"] - f.ts["received"])
 
     def failsafe(self, seq: int, fid: str | None, cam: str | None, verdict: str | None, received: float,
                  deadline_ms: float) -> None:

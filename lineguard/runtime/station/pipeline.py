@@ -321,6 +321,7 @@ class Pipeline:
         t1 = time.time()
         with self.stats.lock:
             self.stats.batches.append(len(batch))
+        items = []
         for f, r in zip(batch, results):
             f.ts |= {"expert_start": t0, "expert_done": t1}
             try:
@@ -329,18 +330,28 @@ class Pipeline:
                     ins.record["served_by"] = served_by
                 late = None if self.deadline is None or self.deadline.claim(f.seq) else \
                     ("failsafe" if self.deadline.verdict else "missed")
-                self.outbox.verdict(f, ins, late)
-                if r.verdict == "defect":
-                    try:
-                        self.q_defect.put_nowait((f, ins))
-                    except queue.Full:
-                        self.outbox.dropped(f, "defects", "masks dropped: the defect queue is full")
+                items.append((f, ins, late))
             except Exception as e:  # this frame only; its batch mates keep their verdicts
-                log.exception("verdict failed on %s", f.frame_id)
+                self._verdict_failed(f, e)
+        try:
+            self.outbox.verdicts(items)  # the batch's rows in one transaction, then each published
+        except Exception as e:  # the store or the socket is failing: the batch's frames get errors
+            for f, _, _ in items:
+                self._verdict_failed(f, e)
+            return
+        for f, ins, _ in items:
+            if ins.result.verdict == "defect":
                 try:
-                    self.outbox.error(f.seq, f.frame_id, f.camera, f"verdict failed: {e}", "stage_failed", f.ts)
-                except Exception:  # the store or the socket itself is failing: logged, the worker lives
-                    log.exception("reporting the failure of %s failed", f.frame_id)
+                    self.q_defect.put_nowait((f, ins))
+                except queue.Full:
+                    self.outbox.dropped(f, "defects", "masks dropped: the defect queue is full")
+
+    def _verdict_failed(self, f: Frame, e: Exception) -> None:
+        log.error("verdict failed on %s: %s", f.frame_id, e)
+        try:
+            self.outbox.error(f.seq, f.frame_id, f.camera, f"verdict failed: {e}", "stage_failed", f.ts)
+        except Exception:  # the store or the socket itself is failing: logged, the worker lives
+            log.exception("reporting the failure of %s failed", f.frame_id)
 
     def _defects(self, item: tuple[Frame, Inspection]) -> None:
         f, ins = item

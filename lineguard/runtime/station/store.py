@@ -73,27 +73,44 @@ class ResultStore:
             return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM results").fetchone()[0])
 
     def _insert(self, row: dict[str, Any]) -> bool:
+        with self._lock:
+            return self._insert_locked(row)
+
+    def _insert_locked(self, row: dict[str, Any]) -> bool:
         """Insert a frame's row; a failure reported after its verdict was stored updates the given
         columns and keeps the rest (its verdict, score). True if the sender's (camera, frame_id) was
         stored under an earlier seq."""
-        with self._lock:
-            if row.get("frame_id") is not None and self._db.execute(
-                    "SELECT 1 FROM results WHERE camera=? AND frame_id=? AND seq<? LIMIT 1",
-                    (row["camera"], row["frame_id"], row["seq"])).fetchone():
-                row["repeat"] = 1
-                log.warning("camera %s sent frame id %s again: stored as its own row (seq %d)",
-                            row["camera"], row["frame_id"], row["seq"])
-            sets = ", ".join(f"{c}=excluded.{c}" for c in row if c != "seq")
-            self._db.execute(f"INSERT INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
-                             f"ON CONFLICT(seq) DO UPDATE SET {sets}", tuple(row.values()))
+        if row.get("frame_id") is not None and self._db.execute(
+                "SELECT 1 FROM results WHERE camera=? AND frame_id=? AND seq<? LIMIT 1",
+                (row["camera"], row["frame_id"], row["seq"])).fetchone():
+            row["repeat"] = 1
+            log.warning("camera %s sent frame id %s again: stored as its own row (seq %d)",
+                        row["camera"], row["frame_id"], row["seq"])
+        sets = ", ".join(f"{c}=excluded.{c}" for c in row if c != "seq")
+        self._db.execute(f"INSERT INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                         f"ON CONFLICT(seq) DO UPDATE SET {sets}", tuple(row.values()))
         return bool(row.get("repeat"))
+
+    def verdicts(self, rows: list[tuple[int, str, str, dict[str, Any], dict[str, float], bool]]) -> list[bool]:
+        """An expert batch's verdicts (seq, frame_id, camera, result, ts, late) in one transaction:
+        one commit for the batch instead of one per frame; each is stored before any is published."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                out = [self._insert_locked(
+                    {"seq": seq, "frame_id": fid, "camera": cam, "status": "verdict", "verdict": res.get("verdict"),
+                     "score": res.get("score"), "score_norm": res.get("score_norm"),
+                     "findings": json.dumps(res.get("findings")), "ts": json.dumps(ts)}
+                    | ({"deadline_missed": 1} if late else {})) for seq, fid, cam, res, ts, late in rows]
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return out
 
     def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float],
                 late: bool = False) -> bool:
-        return self._insert({"seq": seq, "frame_id": frame_id, "camera": camera, "status": "verdict",
-                      "verdict": result.get("verdict"), "score": result.get("score"),
-                      "score_norm": result.get("score_norm"), "findings": json.dumps(result.get("findings")),
-                      "ts": json.dumps(ts)} | ({"deadline_missed": 1} if late else {}))
+        return self.verdicts([(seq, frame_id, camera, result, ts, late)])[0]
 
     def failsafe(self, seq: int, frame_id: str | None, camera: str | None, verdict: str, ts: dict[str, float]) -> None:
         """The fail-safe decision at the deadline; the frame's real verdict (or error) updates the row later."""
