@@ -88,12 +88,15 @@ def main() -> None:
     ap.add_argument("--start", type=float, default=100.0, help="the sweep's first rate, frames/s")
     ap.add_argument("--seconds", type=float, default=5.0, help="load per sweep step")
     ap.add_argument("--max-latency-ms", type=float, default=100.0)
+    ap.add_argument("--kinds", default="256,mono,JPEG", help="which frame kinds (words of their names)")
     ap.add_argument("--out", default="runs/station_ceiling")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, (h, w, c, jpeg) in KINDS.items():
+        if not any(k in kind for k in a.kinds.split(",")):
+            continue
         images = frames(out, h, w, c)
         bundle = bundle_for(out, h, w, c, images)
         for store in (False, True):

@@ -1,5 +1,7 @@
 """Regions, boxes and 3×3 cells from anomaly maps, checked against hand-made maps."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -101,7 +103,7 @@ def test_the_fast_regions_equal_the_reference():
             for top_k in (1, 3):
                 got = regions(amap, frame_hw, level, top_k)
                 want = _reference_regions(amap, frame_hw, level, top_k)
-                assert [r.to_dict() for r in got] == [r.to_dict() for r in want]
+                assert [r.to_dict() for r in got] == [dataclasses.asdict(r) for r in want]
                 n += 1
             t = float(np.percentile(amap, 90))
             assert hottest_region(amap, frame_hw, t).to_dict() == _reference_regions(amap, frame_hw, t, 1)[0].to_dict()

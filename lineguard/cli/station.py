@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     sv.add_argument("--hwm", type=positive(int), default=64, help="ingest socket high-water mark (messages)")
     sv.add_argument("--queue", type=positive(int), default=64, help="frames waiting to decode before drops")
+    sv.add_argument("--decode-workers", type=positive(int), default=2,
+                    help="frames decoded side by side (JPEG/PNG decoding runs without the GIL)")
     sv.add_argument("--defect-queue", type=positive(int), default=16)
     sv.add_argument("--llm-queue", type=positive(int), default=8, help="pending explanations (oldest dropped)")
     sv.add_argument("--expert-workers", type=int, default=0,
@@ -137,7 +139,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from lineguard.runtime.station.server import Endpoints, Server
     from lineguard.runtime.station.triton_pool import parse_models
 
-    cfg = ServeConfig(precision=a.precision, device=a.device, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue,
+    cfg = ServeConfig(precision=a.precision, device=a.device, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue, decode_workers=a.decode_workers,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain, constrain=a.constrain,
                       sam_precision=a.sam_precision, masks=not a.no_sam, expert_workers=a.expert_workers, background_threads=a.background_threads,
                       background_nice=a.background_nice,

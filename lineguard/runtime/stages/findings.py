@@ -7,7 +7,7 @@ area, and EIAD's rough-localisation cell on a 3×3 grid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -51,7 +51,8 @@ class Region:
     peak_xy: list[float] | None = None  # x, y of the map's peak inside the region, frame pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # what dataclasses.asdict gives (fresh lists), without its recursive deep copy: ~20 µs a verdict
+        return {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
 
 
 def quantile(values: np.ndarray, q: float) -> float:

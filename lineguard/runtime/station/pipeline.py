@@ -16,8 +16,9 @@ their threads (and the ONNX Runtime workers they create) run at a lower OS prior
 threads; they use what the expert leaves idle instead of slowing the verdicts.
 
 Shutdown: one ``STOP`` enters the decode queue after the last frame and flows down the chain
-(each stage's ``then`` passes it on); the expert workers hand it on when the last of them is out,
-and the results thread ends when both the defect and the explanation stage have sent theirs.
+(each stage's ``then`` passes it on); the decoding threads and the expert workers each hand it to
+one another, and the last of them out passes it on; the results thread ends when both the defect
+and the explanation stage have sent theirs.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ServeConfig:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     decode_queue: int = 64  # frames waiting to be decoded; beyond this the ingest drops (counted)
+    decode_workers: int = 2  # decoding threads: a 1-MP JPEG takes ~6 ms, and OpenCV decodes without the GIL
     defect_queue: int = 16
     llm_queue: int = 8
     device: str = "auto"  # execution provider: auto tries TensorRT, then CUDA, then CPU
@@ -136,12 +138,14 @@ class Pipeline:
         self.q_llm: queue.Queue[Any] = queue.Queue(cfg.llm_queue)
         self.q_results: queue.Queue[Any] = queue.Queue()  # bounded upstream by the defect and LLM queues
         self.llm_lock = threading.Lock()  # dropping the oldest and putting the newest is one step
+        self.decoders_left = max(1, cfg.decode_workers)
         self.experts_left = len(self.experts)
         self.experts_lock = threading.Lock()
         self.results_stops = 0
         nice = cfg.background_nice
         self.threads = [threading.Thread(target=f, args=args, name=n, daemon=True) for n, f, args in (
-            ("decode", self._run, (self.q_decode, self._decode, self._end_decode, 0)),
+            *((f"decode{i}" if i else "decode", self._run, (self.q_decode, self._decode, self._end_decode, 0))
+              for i in range(max(1, cfg.decode_workers))),
             *((f"expert{i}" if i else "expert", self._expert_loop, (ex,)) for i, ex in enumerate(self.experts)),
             ("defects", self._run, (self.q_defect, self._defects, lambda: self.q_results.put(STOP), nice)),
             ("explain", self._run, (self.q_llm, self._explain, lambda: self.q_results.put(STOP), nice)),
@@ -262,6 +266,13 @@ class Pipeline:
         self.q_expert.put(frame)  # bounded: the decoder waits for the expert, the ingest queue absorbs
 
     def _end_decode(self) -> None:
+        """A decoding thread took the STOP: it hands it to the next one; the last passes it on."""
+        with self.experts_lock:
+            self.decoders_left -= 1
+            last = self.decoders_left == 0
+        if not last:
+            self.q_decode.put(STOP)  # after the frames still queued: a sibling takes it once they are done
+            return
         for _ in self.experts:  # one each: a worker stops after taking exactly one
             self.q_expert.put(STOP)
 
