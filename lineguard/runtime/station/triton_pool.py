@@ -1,10 +1,10 @@
-"""The station's expert on a pool of Triton servers (``serve --models triton://HOST:PORT[,HOST:PORT]``).
+"""The station's models on a pool of Triton servers (``serve --models triton://HOST:PORT[,HOST:PORT]``).
 
-The station stays the line's front end (ingest, decode, verdict, store, sinks); only the expert's
-graph runs remotely, through ``RemoteEngine``, which the expert stage uses as it uses a local
-``Engine``. The pool:
+The station stays the line's front end (ingest, decode, verdict, store, sinks, the LLM); the
+expert's graph (and SAM's, unless ``--remote-stages expert``) runs remotely, through
+``RemoteEngine``, which a stage uses as it uses a local ``Engine``. The pool:
 
-- **checks** each server before using it: ready, the model loaded, and the model built from this
+- **checks** each server before using it: ready, the models loaded, and each built from this
   station's bundle (the repository's ``lineguard_bundle_hash`` and precision). A server that
   answers with another bundle refuses the station's start; one that does not answer is left out
   and checked again every second, so a station may start before its pool.
