@@ -37,13 +37,10 @@ class Outbox:
         if self.live is not None:
             self.live.note(topic, body, png)
 
-    def verdict(self, f: Frame, ins: Inspection, late: str | None = None) -> None:
-        """``late``: the frame's deadline passed first — "failsafe" (its fail-safe verdict was the
-        decision: this one follows as ``"update": "verdict"``) or "missed" (no fail-safe: marked)."""
-        self.verdicts([(f, ins, late)])
-
     def verdicts(self, items: list[tuple[Frame, Inspection, str | None]]) -> None:
-        """An expert batch's verdicts: stored in one transaction, then each published."""
+        """An expert batch's verdicts: stored in one transaction, then each published. Each item's
+        ``late``: the frame's deadline passed first — "failsafe" (its fail-safe verdict was the
+        decision: this one follows as ``"update": "verdict"``) or "missed" (no fail-safe: marked)."""
         repeats = self.store.verdicts([(f.seq, f.frame_id, f.camera,
                                         ins.record | {"findings": {"hottest": ins.record["hottest"]}}, f.ts,
                                         late is not None) for f, ins, late in items]) \

@@ -138,14 +138,14 @@ class Pipeline:
         self.q_llm: queue.Queue[Any] = queue.Queue(cfg.llm_queue)
         self.q_results: queue.Queue[Any] = queue.Queue()  # bounded upstream by the defect and LLM queues
         self.llm_lock = threading.Lock()  # dropping the oldest and putting the newest is one step
-        self.decoders_left = max(1, cfg.decode_workers)
+        self.decoders_left = decoders = max(1, cfg.decode_workers)
         self.experts_left = len(self.experts)
         self.experts_lock = threading.Lock()
         self.results_stops = 0
         nice = cfg.background_nice
         self.threads = [threading.Thread(target=f, args=args, name=n, daemon=True) for n, f, args in (
             *((f"decode{i}" if i else "decode", self._run, (self.q_decode, self._decode, self._end_decode, 0))
-              for i in range(max(1, cfg.decode_workers))),
+              for i in range(decoders)),
             *((f"expert{i}" if i else "expert", self._expert_loop, (ex,)) for i, ex in enumerate(self.experts)),
             ("defects", self._run, (self.q_defect, self._defects, lambda: self.q_results.put(STOP), nice)),
             ("explain", self._run, (self.q_llm, self._explain, lambda: self.q_results.put(STOP), nice)),
@@ -267,7 +267,7 @@ class Pipeline:
 
     def _end_decode(self) -> None:
         """A decoding thread took the STOP: it hands it to the next one; the last passes it on."""
-        with self.experts_lock:
+        with self.experts_lock:  # the lock that counts the workers out, decoders as experts
             self.decoders_left -= 1
             last = self.decoders_left == 0
         if not last:
@@ -358,7 +358,7 @@ class Pipeline:
                     self.outbox.dropped(f, "defects", "masks dropped: the defect queue is full")
 
     def _verdict_failed(self, f: Frame, e: Exception) -> None:
-        log.error("verdict failed on %s: %s", f.frame_id, e)
+        log.exception("verdict failed on %s", f.frame_id)
         try:
             self.outbox.error(f.seq, f.frame_id, f.camera, f"verdict failed: {e}", "stage_failed", f.ts)
         except Exception:  # the store or the socket itself is failing: logged, the worker lives
