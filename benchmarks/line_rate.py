@@ -2,13 +2,16 @@
 
     python -m benchmarks.line_rate [--work runs/serve] [--frames 60] [--defect-rate 0.05]
                                    [--max-latency-ms 500] [--out runs/bench/line_rate]
-                                   [--real [--sam-size 384]]
+                                   [--real [--sam-size 384]] [--bundle DIR --data DIR]
 
 Two stacks share the expert (calibrated 256-px PatchCore on generated tiles):
 - default: a tiny SAM and a tiny INT4 LLM (the test stack; quick);
 - ``--real``: SAM **vit_b** (random weights in the official layout, at ``--sam-size``; served as
   INT8) and a **Qwen2-0.5B**-shaped LLM (random weights; served as INT4) — the sizes a station
   runs. The research loop runs the same checkpoints at the same SAM size in PyTorch.
+``--bundle`` serves an existing bundle instead (the demo's: its trained expert, small SAM and
+explainer) on an MVTec-layout ``--data`` folder; it has no research loop (its checkpoints are not
+PyTorch ones this script can load), only the ceiling and the served sweeps.
 
 Same checkpoints, same images, one run:
 - **sequential research loop** (as the EIAD/Myriad code runs): one frame at a time, every frame
@@ -16,8 +19,11 @@ Same checkpoints, same images, one run:
   region) and transformers' ``generate`` on the findings prompt (``--research-frames`` of them);
   and the **gated** variant, kinder to the baseline: SAM and ``generate`` only for frames over
   the threshold (all ``--frames``);
-- **expert-alone ceiling**: the bundle's expert in ONNX Runtime, in-process, batches of 8, the
-  better of one session on every core and one 1-thread session per core;
+- **expert-alone ceiling**: the bundle's expert in ONNX Runtime, in-process, the better of one
+  session on every core and one 1-thread session per core, at the largest batch (of 1, 2, 4, 8)
+  the latency limit allows: twice its in-process batch time within ``--max-latency-ms`` (a frame
+  can wait for the batch in progress, then its own). A larger batch is faster in-process but no
+  station under that limit could run it; the station is served with the same ``--max-batch``;
 - **lineguard**: `lineguard bench --sweep` on the served bundle, expert only (``--no-sam
   --no-explain``) and with all three stages, open loop at ``--defect-rate``; the highest rate
   with p99 ≤ ``--max-latency-ms``, no drops, every frame answered.
@@ -66,6 +72,11 @@ class Stack:
     sam_checkpoint: Path
     llm: Path
     serve_args: list[str] = field(default_factory=list)
+
+
+def bundle_stack(bundle: Path, data: Path) -> Stack:
+    """An existing bundle served as it is (no checkpoints: no research loop)."""
+    return Stack(bundle, data, "", 0, Path(), Path())
 
 
 def tiny_stack(work: Path) -> Stack:
@@ -169,6 +180,25 @@ def _side_by_side(exs: list[Expert], frames: list[np.ndarray], batch: int, secon
     return round(sum(done) / (time.perf_counter() - t0), 2)
 
 
+def batch_ms(bundle: Bundle, frames: list[np.ndarray], batch: int, precision: str, repeats: int = 5) -> float:
+    """Median in-process time of one batch of ``batch`` frames, one session on every core."""
+    ex = Expert(bundle, precision, EngineOptions(device="cpu"))
+    ex(frames[:batch])  # first run: allocations
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        ex([frames[(i * batch + j) % len(frames)] for j in range(batch)])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def allowed_batch(bundle: Bundle, frames: list[np.ndarray], max_latency_ms: float, precision: str) -> dict:
+    """The largest batch (1, 2, 4, 8) whose in-process time, twice over, fits the latency limit."""
+    times = {b: round(batch_ms(bundle, frames, b, precision), 1) for b in (1, 2, 4, 8)}
+    fits = [b for b, ms in times.items() if 2 * ms <= max_latency_ms]
+    return {"batch": max(fits) if fits else 1, "batch_ms": times}
+
+
 def ceiling(bundle: Bundle, frames: list[np.ndarray], batch: int = 8, seconds: float = 6.0,
             precision: str = "fp32") -> dict:
     """The expert alone, in-process, batches of ``batch``: one session on every core, and one
@@ -227,10 +257,17 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                     help="the served expert's variant (and the ceiling's); int8 is added through its gate")
     ap.add_argument("--research-frames", type=int, default=10,
-                    help="frames for the ungated research loop (every frame through all three models)")
+                    help="frames for the ungated research loop (every frame through all three models; 0: no research loop)")
     ap.add_argument("--skip-research", type=Path, help="reuse the research loop's figures from this line_rate JSON")
+    ap.add_argument("--bundle", type=Path, help="serve this existing bundle (e.g. the demo's) instead of a built stack")
+    ap.add_argument("--data", type=Path, help="with --bundle: its MVTec-layout data folder")
     a = ap.parse_args()
-    stack = real_stack(a.work, a.sam_size) if a.real else tiny_stack(a.work)
+    if a.bundle and not a.data:
+        raise SystemExit("--bundle needs --data: the MVTec-layout folder its frames come from")
+    if a.bundle:
+        stack = bundle_stack(a.bundle, a.data)
+    else:
+        stack = real_stack(a.work, a.sam_size) if a.real else tiny_stack(a.work)
     if a.precision == "int8" and not int8_expert(stack):
         raise SystemExit("the expert's INT8 variant did not pass its accuracy gate; run with --precision fp32")
     bundle = Bundle.load(stack.bundle)
@@ -238,21 +275,27 @@ def main() -> None:
     if a.skip_research:
         old = json.loads(a.skip_research.read_text())
         seq, gated = (old[k] | {"reused_from": str(a.skip_research)} for k in ("research_loop", "research_loop_gated"))
+    elif a.bundle or a.research_frames <= 0:
+        seq = gated = None
     else:
         seq = research_loop(bundle, stack, frames[:a.research_frames], gated=False)
         gated = research_loop(bundle, stack, frames, gated=True)
-    ceil = ceiling(bundle, frames, precision=a.precision)
+    allowed = allowed_batch(bundle, frames, a.max_latency_ms, a.precision)
+    ceil = ceiling(bundle, frames, batch=allowed["batch"], precision=a.precision) | allowed
     start = round(a.start * ceil["fps"], 2)
-    alone = sweep(stack, start, a, ["--no-sam", "--no-explain"], "expert_only")
-    full = sweep(stack, start, a, [], "all_stages")
+    batch = ["--max-batch", str(allowed["batch"])]
+    alone = sweep(stack, start, a, ["--no-sam", "--no-explain", *batch], "expert_only")
+    full = sweep(stack, start, a, batch, "all_stages")
     best = full["max_sustainable_fps"]
-    report = {"date": time.strftime("%Y-%m-%d"), "stack": "real" if a.real else "tiny", "expert": a.precision,
-              "sam": f"{stack.sam_arch} at {stack.sam_size} px", "llm": stack.llm.name, "serve_args": stack.serve_args,
+    report = {"date": time.strftime("%Y-%m-%d"), "stack": "bundle" if a.bundle else "real" if a.real else "tiny",
+              "bundle": str(stack.bundle), "expert": a.precision,
+              "sam": f"{stack.sam_arch} at {stack.sam_size} px" if stack.sam_arch else "the bundle's",
+              "llm": stack.llm.name or "the bundle's", "serve_args": stack.serve_args + batch,
               "defect_rate": a.defect_rate, "max_latency_ms": a.max_latency_ms,
               "research_loop": seq, "research_loop_gated": gated, "expert_alone_ceiling": ceil,
               "served_expert_only": alone, "served_all_stages": full,
-              "ratio_vs_research_loop": round(best / seq["fps"], 1) if best else None,
-              "ratio_vs_gated_research_loop": round(best / gated["fps"], 1) if best else None,
+              "ratio_vs_research_loop": round(best / seq["fps"], 1) if best and seq else None,
+              "ratio_vs_gated_research_loop": round(best / gated["fps"], 1) if best and gated else None,
               "share_of_ceiling": round(best / ceil["fps"], 3) if best else None,
               "expert_only_share_of_ceiling": round(alone["max_sustainable_fps"] / ceil["fps"], 3)
               if alone["max_sustainable_fps"] else None}

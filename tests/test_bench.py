@@ -9,6 +9,35 @@ import shutil
 import zmq
 from helpers import lg
 
+from lineguard.runtime.clients.bench import RatePlan
+
+
+def _run_plan(plan: RatePlan, limit: float, spikes: set[float] = frozenset()) -> list[float]:
+    """The rates a sweep runs against a station that holds up to ``limit`` (a rate in ``spikes``
+    fails once, as a latency spike would)."""
+    rates, r, seen = [], plan.rate, set()
+    while r is not None:
+        rates.append(r)
+        ok = r <= limit and not (r in spikes and r not in seen)
+        seen.add(r)
+        r = plan.next(ok)
+    return rates
+
+
+def test_a_sweep_climbs_then_narrows_the_limit_down():
+    rates = _run_plan(RatePlan(100, 1.5, refine=3), limit=1000)
+    assert rates[:7] == [100, 150, 225, 337.5, 506.25, 759.38, 1139.07]
+    assert rates[7] == 1139.07  # the first failure repeats before it counts
+    refined = rates[8:]
+    # three halvings; a refined rate that fails is repeated too
+    assert len(set(refined)) == 3 and all(759.38 < r < 1139.07 for r in refined)
+    assert max(r for r in rates if r <= 1000) >= 1000 / 1.5 ** (1 / 8)  # within 5 %, not a whole step below
+    # a spike on a climbing step costs one repeat, not the sweep
+    assert _run_plan(RatePlan(10, 2, refine=0), limit=100, spikes={40})[:5] == [10, 20, 40, 40, 80]
+    # no refinement when nothing held, and a single rate without a step
+    assert _run_plan(RatePlan(10, 2), limit=1) == [10, 10]
+    assert _run_plan(RatePlan(10, 0), limit=1) == [10]
+
 
 def test_bench_reports_every_frame_and_writes_its_files(served_bundle, synth, tmp_path):
     out = tmp_path / "report"

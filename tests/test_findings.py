@@ -108,3 +108,16 @@ def test_the_fast_regions_equal_the_reference():
             t = float(np.percentile(amap, 90))
             assert hottest_region(amap, frame_hw, t).to_dict() == _reference_regions(amap, frame_hw, t, 1)[0].to_dict()
     assert n > 50
+
+
+def test_a_batch_summary_equals_each_maps_own():
+    """The station summarizes a batch's maps together (mixed shapes where a graph takes any size)."""
+    from lineguard.runtime.stages.findings import summarize
+
+    maps = list(_maps(1)) + list(_maps(2))
+    for m, s in zip(maps, summarize(maps)):
+        assert s.min == float(m.min()) and s.max == float(m.max())
+        assert s.mean == pytest.approx(float(m.mean()), rel=1e-6)
+        assert s.p50 == pytest.approx(float(np.median(m)), rel=1e-6, abs=1e-7)
+        assert s.p99 == pytest.approx(float(np.percentile(m, 99)), rel=1e-6, abs=1e-7)
+        assert summarize([m])[0] == s  # alone or in a batch: the same figures

@@ -52,3 +52,24 @@ def test_a_batch_of_verdicts_is_one_transaction_and_repeats_are_found_inside_it(
         raise AssertionError("an unstorable verdict must fail its batch")
     assert [r["seq"] for r in store.rows()] == [1, 2, 3]
     store.close()
+
+
+def test_the_wal_is_checkpointed_by_the_stores_own_thread(tmp_path):
+    """No verdict's commit carries a checkpoint's fsync: the store's thread copies the WAL into the
+    database every second, and a closed store is one file."""
+    import time
+
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # commits never checkpoint
+    before = db.stat().st_size
+    for b in range(20):
+        store.verdicts([(b * 50 + i, f"f{b * 50 + i}", "cam", {"verdict": "good", "score": 0.1,
+                                                               "findings": {"x": "y" * 200}}, {"received": 1.0}, False)
+                        for i in range(50)])
+    time.sleep(2.5)
+    assert db.stat().st_size > before + 100_000  # the rows reached the database file: a checkpoint ran
+    store.close()
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1000

@@ -109,7 +109,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bn.add_argument("--duration", type=positive(float), default=10.0, help="seconds of load per step")
     bn.add_argument("--defect-rate", type=float, default=0.05, help="share of defect frames sent")
     bn.add_argument("--max-latency-ms", type=positive(float), default=250.0, help="p99 send → verdict limit")
-    bn.add_argument("--sweep", action="store_true", help="step the rate ×1.5 until the limit breaks")
+    bn.add_argument("--sweep", action="store_true", help="step the rate ×1.5 until the limit breaks, "
+                    "then narrow the limit down (--refine)")
+    bn.add_argument("--refine", type=int, default=3, help="with --sweep: steps halving the interval between the "
+                    "last rate that held and the first that failed (3: within 5%%)")
     bn.add_argument("--jpeg", type=int, metavar="QUALITY", help="send JPEG at this quality instead of raw pixels")
     bn.add_argument("--connect", nargs=2, metavar=("INGEST", "PUBLISH"), help="a running serve instead of a new one")
     bn.add_argument("--out", help="write report.json, samples.csv (and curve.csv/png with --sweep) here")
@@ -228,7 +231,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         raise LineguardError(f"--jpeg {a.jpeg}: a quality from 1 to 100")
     ok, report = run_bench(a.bundle, a.images, a.rate, a.duration, a.defect_rate, a.max_latency_ms, a.sweep,
                            tuple(a.connect) if a.connect else None, shlex.split(a.serve_args), a.out, a.grace,
-                           warmup_s=a.warmup, jpeg=a.jpeg)
+                           warmup_s=a.warmup, jpeg=a.jpeg, refine=a.refine)
     print(json.dumps(report, indent=2) if a.json else table(report))
     if report["result"]["unaccounted"]:
         return 4  # the server did not answer every frame: a partial report

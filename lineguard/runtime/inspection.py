@@ -19,14 +19,17 @@ from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.stages.classify import DefectClassifier, from_bundle
 from lineguard.runtime.stages.defects import Defect, find_defects
 from lineguard.runtime.stages.expert import Expert, ExpertResult
-from lineguard.runtime.stages.findings import hottest_region, map_stats
+from lineguard.runtime.stages.findings import MapSummary, hottest_region, summarize
 
 
-def describe(frame: np.ndarray, r: ExpertResult, pixel_t: float | None) -> dict[str, Any]:
-    """One frame's verdict record: size, score, verdict, map statistics, hottest region."""
+def describe(frame: np.ndarray, r: ExpertResult, pixel_t: float | None,
+             summary: MapSummary | None = None) -> dict[str, Any]:
+    """One frame's verdict record: size, score, verdict, map statistics, hottest region (``summary``:
+    the map's statistics where the caller computed them for a batch)."""
+    s = summary or summarize([r.anomaly_map])[0]
     return {"size": [int(frame.shape[1]), int(frame.shape[0])], "score": r.score, "score_norm": r.score_norm,
-            "verdict": r.verdict, "map": map_stats(r.anomaly_map),
-            "hottest": hottest_region(r.anomaly_map, frame.shape[:2], pixel_t).to_dict()}
+            "verdict": r.verdict, "map": s.to_dict(),
+            "hottest": hottest_region(r.anomaly_map, frame.shape[:2], pixel_t, s).to_dict()}
 
 
 def union_mask(defects: Sequence[Defect], hw: tuple[int, int]) -> np.ndarray:
@@ -102,8 +105,12 @@ class Inspector:
         """The expert on a batch of frames (``expert``: one of the station's parallel sessions)."""
         return (expert or self.expert)(list(frames))
 
-    def record(self, frame: np.ndarray, r: ExpertResult) -> dict[str, Any]:
-        return describe(frame, r, self.bundle.thresholds.get("pixel"))
+    def record(self, frame: np.ndarray, r: ExpertResult, summary: MapSummary | None = None) -> dict[str, Any]:
+        return describe(frame, r, self.bundle.thresholds.get("pixel"), summary)
+
+    def records(self, frames: Sequence[np.ndarray], results: Sequence[ExpertResult]) -> list[dict[str, Any]]:
+        """A batch's records, its maps summarized together."""
+        return [self.record(f, r, s) for f, r, s in zip(frames, results, summarize([r.anomaly_map for r in results]))]
 
     def defects(self, frame: np.ndarray, r: ExpertResult, flagged: bool = True) -> list[Defect]:
         """Masks (SAM where the bundle has it, else the thresholded map) and classes, hottest first."""
@@ -118,8 +125,9 @@ class Inspector:
         """Each frame's full path. Flagged frames get defects; ``look`` finds regions on every frame
         (questions that presuppose a look at the part); ``explain`` explains flagged frames."""
         out = []
-        for frame, r in zip(frames, self.score(frames)):
-            ins = Inspection(self.record(frame, r), r)
+        results = self.score(frames)
+        for frame, r, rec in zip(frames, results, self.records(frames, results)):
+            ins = Inspection(rec, r)
             if r.verdict == "defect" or look:
                 ins.defects = self.defects(frame, r, flagged=True)  # the hottest region even below the pixel level
                 ins.record["defects"] = [d.to_dict() for d in ins.defects]

@@ -149,9 +149,11 @@ def tensorrt_available() -> bool:
 
 
 def native_trt_engine(onnx_path: str | os.PathLike, opts: EngineOptions, max_batch: int = 8,
-                      int8_cache: bytes | None = None) -> Path:
+                      int8_cache: bytes | None = None, dims: dict[str, int] | None = None) -> Path:
     """The factory's native TensorRT route: a serialized ``.engine`` built (once, then cached in
-    ``opts.trt_cache_dir``) from an ONNX graph, with a batch profile 1..``max_batch``."""
+    ``opts.trt_cache_dir``) from an ONNX graph, with a batch profile 1..``max_batch``. ``dims`` fixes
+    named symbolic dimensions that are no batch (SAM's encoder takes ``h`` and ``w``); every other
+    symbolic dimension gets the batch profile."""
     from lineguard.runtime.bundle.tensorrt_native import build_engine
 
     if not tensorrt_available():
@@ -160,13 +162,15 @@ def native_trt_engine(onnx_path: str | os.PathLike, opts: EngineOptions, max_bat
     cache = Path(opts.trt_cache_dir or src.parent)
     cache.mkdir(parents=True, exist_ok=True)
     kind = "int8" if int8_cache is not None else "fp16" if opts.trt_fp16 else "fp32"
-    out = cache / f"{src.stem}.b{max_batch}.{kind}.engine"
+    fixed = dims or {}
+    sizes = "".join(f".{k}{v}" for k, v in sorted(fixed.items()))
+    out = cache / f"{src.stem}.b{max_batch}{sizes}.{kind}.engine"
     if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     session = Engine(src, EngineOptions(device="cpu", warmup=0))  # only to read the input shapes
     shapes = {}
     for name, i in session.inputs.items():
-        dims = [d if isinstance(d, int) and d > 0 else None for d in i.shape]
-        lo, opt, hi = ([d or b for d in dims] for b in (1, max(1, max_batch // 2), max_batch))
+        known = [d if isinstance(d, int) and d > 0 else fixed.get(d) for d in i.shape]
+        lo, opt, hi = ([d or b for d in known] for b in (1, max(1, max_batch // 2), max_batch))
         shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
     return build_engine(src, out, fp16=opts.trt_fp16 or int8_cache is not None, int8_cache=int8_cache, shapes=shapes)

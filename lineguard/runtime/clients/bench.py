@@ -217,6 +217,7 @@ def write_outputs(out: Path, report: dict[str, Any], samples: list[Sample], step
             w.writerow([s.frame_id, int(s.defect_sent), f"{s.sent:.6f}", round(1e3 * s.late, 3), s.verdict or "",
                         *ms, s.error or "", s.late_error or ""])
     if len(steps) > 1:
+        steps = sorted(steps, key=lambda r: r["offered_fps"])  # refined steps come after the first failure
         with open(out / "curve.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["offered_fps", "achieved_fps", "p50_ms", "p99_ms", "dropped", "pass"])
@@ -255,10 +256,52 @@ def plot_curve(steps: list[dict[str, Any]], path: Path, max_latency_ms: float | 
     plt.close(fig)
 
 
+class RatePlan:
+    """The rates a sweep tries: ×``step`` from ``start`` until a rate fails, then the interval between
+    the last rate that held and the first that failed halved (geometrically) ``refine`` times, so the
+    maximum is found within step^(1/2^refine) (3 halvings of ×1.5: 5 %) instead of a whole step below.
+    A failing rate is run once more and fails only when it fails again: one latency spike on a shared
+    machine must not end a sweep. Frames left unanswered fail at once (a broken server, not a spike).
+    ``step=0``: one rate, no sweep."""
+
+    def __init__(self, start: float, step: float, max_steps: int = 12, refine: int = 3) -> None:
+        self.rate, self.step, self.climbs_left, self.refine = start, step, max_steps - 1, refine
+        self.passed: float | None = None  # the highest rate that held
+        self.failed: float | None = None  # the lowest rate that failed (twice)
+        self.retrying = False  # whether the step being run repeats a failure
+
+    def next(self, ok: bool, unanswered: bool = False) -> float | None:
+        """The rate to run after the current one gave ``ok``; None when the sweep is over."""
+        if not self.step:
+            return None
+        if not ok and not self.retrying and not unanswered:
+            self.retrying = True
+            return self.rate
+        self.retrying = False
+        if ok:
+            self.passed = self.rate if self.passed is None else max(self.passed, self.rate)
+        else:
+            self.failed = self.rate if self.failed is None else min(self.failed, self.rate)
+        if self.failed is None:  # still climbing
+            if self.climbs_left <= 0:
+                return None
+            self.climbs_left -= 1
+            self.rate = round(self.rate * self.step, 2)
+            return self.rate
+        if self.passed is None or self.refine <= 0 or unanswered:
+            return None
+        self.refine -= 1
+        mid = round((self.passed * self.failed) ** 0.5, 2)
+        if not self.passed < mid < self.failed:  # the interval is below the rates' resolution
+            return None
+        self.rate = mid
+        return mid
+
+
 def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10.0, defect_rate: float = 0.05,
               max_latency_ms: float = 250.0, sweep: bool = False, connect: tuple[str, str] | None = None,
               serve_args: list[str] | None = None, out: str | None = None, grace_s: float = 30.0,
-              seed: int = 0, step: float = 1.5, max_steps: int = 12,
+              seed: int = 0, step: float = 1.5, max_steps: int = 12, refine: int = 3,
               warmup_s: float = 2.0, jpeg: int | None = None) -> tuple[bool, dict[str, Any]]:
     pools = image_pools(images, seed=seed)
     if defect_rate > 0 and not pools[1]:
@@ -276,20 +319,17 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
             run_step(ctx, ingest, publish, pools, rate, warmup_s, defect_rate, grace_s, seed + 1000, "w-",
                      pid, explained=explains, jpeg=jpeg)  # its explanations finish before the first measured step
         start = served.health() if served else {}  # Triton's counters are cumulative: the steps' share is a difference
-        r_now, retried = rate, False
-        for k in range(max_steps if sweep else 1):
+        plan = RatePlan(rate, step if sweep else 0.0, max_steps if sweep else 1, refine)
+        r_now: float | None = rate
+        while r_now is not None:
+            k = len(steps)
             rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,
                                     f"s{k}-", pid, explained=explains, jpeg=jpeg)
             ok, why = verdict_of(rep, r_now, max_latency_ms)
-            rep |= {"pass": ok, "why": why, "retry": retried}
+            rep |= {"pass": ok, "why": why, "retry": plan.retrying, "refining": plan.failed is not None}
             steps.append(rep)
             print(_line(rep), file=sys.stderr, flush=True)
-            if not ok and sweep and not retried and not rep["unaccounted"]:
-                retried = True  # one latency spike on a shared machine must not end the sweep: a failure repeats
-                continue
-            if not ok:
-                break
-            r_now, retried = round(r_now * step, 2), False
+            r_now = plan.next(ok, bool(rep["unaccounted"]))
         health = served.health() if served else {}
     finally:
         summary = served.stop() if served else {}

@@ -7,6 +7,8 @@ area, and EIAD's rough-localisation cell on a 3×3 grid.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,40 +57,70 @@ class Region:
         return {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
 
 
-def quantile(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, 100 q)`` (linear interpolation, its default) by one partition: numpy's
-    percentile and median spend ~0.1 ms each in Python, more than a 256×256 map's data takes, and
-    every verdict computes two (measured: benchmarks/station_ceiling.py)."""
-    flat = values.ravel()
-    pos = q * (flat.size - 1)
-    lo = int(pos)
-    hi = min(lo + 1, flat.size - 1)
-    part = np.partition(flat, (lo, hi))
-    a, b = float(part[lo]), float(part[hi])
+def quantiles(rows: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """``np.percentile(rows, 100 qs, axis=1).T`` (linear interpolation, its default) for a 2-D array,
+    by one partition: numpy's percentile and median spend ~0.1 ms each in Python, more than a
+    256×256 map's data takes (measured: benchmarks/station_ceiling.py). Returns [rows, len(qs)]."""
+    n = rows.shape[1]
+    pos = np.asarray(qs, np.float64) * (n - 1)
+    lo = pos.astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    part = np.partition(rows, np.unique(np.concatenate([lo, hi])), axis=1)
+    a, b = part[:, lo].astype(np.float64), part[:, hi].astype(np.float64)
     return a + (b - a) * (pos - lo)
 
 
+def quantile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, 100 q)`` of any array (see ``quantiles``)."""
+    return float(quantiles(values.reshape(1, -1), (q,))[0, 0])
+
+
+@dataclass(frozen=True)
+class MapSummary:
+    """An anomaly map's statistics: the record's ``map`` and the median the default level needs."""
+
+    min: float
+    max: float
+    mean: float
+    p50: float
+    p99: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"min": self.min, "max": self.max, "mean": self.mean, "p99": self.p99}
+
+
+def summarize(maps: Sequence[np.ndarray]) -> list[MapSummary]:
+    """Each map's statistics. Maps of one shape (a batch's) are summarized together, one NumPy call
+    per statistic for the batch: per-frame calls on small maps were most of the station's verdict cost."""
+    out: list[MapSummary | None] = [None] * len(maps)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, m in enumerate(maps):
+        by_shape.setdefault(m.shape, []).append(i)
+    for idx in by_shape.values():
+        rows = np.stack([maps[i] for i in idx]).reshape(len(idx), -1)
+        lo, hi, mean = rows.min(1), rows.max(1), rows.mean(1)
+        q = quantiles(rows, (0.5, 0.99))
+        for j, i in enumerate(idx):
+            out[i] = MapSummary(float(lo[j]), float(hi[j]), float(mean[j]), float(q[j, 0]), float(q[j, 1]))
+    return out  # type: ignore[return-value]  # every index was filled
+
+
 def map_stats(amap: np.ndarray) -> dict[str, float]:
-    return {
-        "min": float(amap.min()),
-        "max": float(amap.max()),
-        "mean": float(amap.mean()),
-        "p99": quantile(amap, 0.99),
-    }
+    return summarize([amap])[0].to_dict()
 
 
-def default_level(amap: np.ndarray, pixel_threshold: float | None) -> float:
+def default_level(amap: np.ndarray, pixel_threshold: float | None, summary: MapSummary | None = None) -> float:
     if pixel_threshold is not None:
         return float(pixel_threshold)
-    med, peak = quantile(amap, 0.5), float(amap.max())
-    return med + 0.5 * (peak - med)
+    s = summary or summarize([amap])[0]
+    return s.p50 + 0.5 * (s.max - s.p50)
 
 
 def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: int = 5) -> list[Region]:
     """Connected regions of ``amap >= level``, hottest first, measured in frame pixels."""
     fh, fw = frame_hw
     mh, mw = amap.shape
-    mask = (amap >= level).astype(np.uint8)
+    mask = np.greater_equal(amap, level).view(np.uint8)  # bool and uint8 share a layout: no copy
     # labels only: the statistics pass costs 6× the labelling on a 256×256 map, and only the few
     # measured components need their box and area (from their pixels, below)
     n, labels = cv2.connectedComponents(mask, connectivity=8)
@@ -102,21 +134,23 @@ def regions(amap: np.ndarray, frame_hw: tuple[int, int], level: float, top_k: in
         np.maximum.at(peaks, labels.ravel(), amap.ravel().astype(np.float64))
         hottest = [int(k) for k in np.argsort(-peaks[1:], kind="stable")[:top_k] + 1]
     out = []
+    # Python's math on the few scalars, sums for means: NumPy's scalar functions and ``mean`` cost
+    # microseconds each in Python, and a station measures a region per frame (same values: tested)
     for lab in hottest:
         yy, xx = np.nonzero(labels == lab)
         x, y, area = int(xx.min()), int(yy.min()), len(yy)
-        w, h = int(xx.max()) + 1 - x, int(yy.max()) + 1 - y
+        x1, y1 = int(xx.max()) + 1, int(yy.max()) + 1
         vals = amap[yy, xx]
         top = int(np.argmax(vals))
         out.append(Region(
-            box=[int(np.floor(x * sx)), int(np.floor(y * sy)), int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))],
+            box=[math.floor(x * sx), math.floor(y * sy), math.ceil(x1 * sx), math.ceil(y1 * sy)],
             area_px=int(round(area * sx * sy)),
             area_frac=float(area / (mh * mw)),
-            centroid=[float((xx.mean() + 0.5) * sx), float((yy.mean() + 0.5) * sy)],
+            centroid=[(int(xx.sum()) / area + 0.5) * sx, (int(yy.sum()) / area + 0.5) * sy],
             cell=CELLS[int(np.argmax(_cell_counts(yy, xx, mh, mw)))],
-            peak=float(vals.max()),
-            mean=float(vals.mean()),
-            peak_xy=[float((xx[top] + 0.5) * sx), float((yy[top] + 0.5) * sy)],
+            peak=float(vals[top]),
+            mean=float(vals.sum() / area),  # what ``vals.mean()`` computes: the sum in the map's dtype, divided
+            peak_xy=[(int(xx[top]) + 0.5) * sx, (int(yy[top]) + 0.5) * sy],
         ))
     out.sort(key=lambda r: -r.peak)
     return out[:top_k]
@@ -136,12 +170,14 @@ def region_from_mask(mask: np.ndarray, amap_frame: np.ndarray) -> Region | None:
                   peak_xy=[float(xx[top] + 0.5), float(yy[top] + 0.5)])
 
 
-def hottest_region(amap: np.ndarray, frame_hw: tuple[int, int], pixel_threshold: float | None = None) -> Region:
-    """The region around the map's peak, there is always one.
+def hottest_region(amap: np.ndarray, frame_hw: tuple[int, int], pixel_threshold: float | None = None,
+                   summary: MapSummary | None = None) -> Region:
+    """The region around the map's peak, there is always one (``summary``: the map's, where known).
 
     Cut at the pixel threshold where the peak passes it; otherwise (a good part, or a defect the
     threshold misses) at the relative level, so the box still shows where the map looks.
     """
-    passes = pixel_threshold is not None and float(amap.max()) >= pixel_threshold
-    level = default_level(amap, pixel_threshold if passes else None)
+    peak = summary.max if summary else float(amap.max())
+    passes = pixel_threshold is not None and peak >= pixel_threshold
+    level = default_level(amap, pixel_threshold if passes else None, summary)
     return regions(amap, frame_hw, level, top_k=1)[0]

@@ -36,12 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import cv2
+
 from lineguard.runtime.bundle import Bundle
 from lineguard.runtime.bundle.engine import EngineOptions
 from lineguard.runtime.errors import BundleError
 from lineguard.runtime.inspection import Inspection, Inspector, load_explainer, load_sam, sam_precision
 from lineguard.runtime.stages import classify
 from lineguard.runtime.stages.expert import Expert
+from lineguard.runtime.stages.findings import summarize
 from lineguard.runtime.station.artifacts import Artifacts
 from lineguard.runtime.station.deadline import Deadline
 from lineguard.runtime.station.outbox import Outbox, Publish
@@ -99,6 +102,9 @@ class Pipeline:
                  opts: EngineOptions | None = None, live: Any = None) -> None:
         self.bundle, self.cfg, self.store = bundle, cfg, store
         self.stats = Stats()
+        # the station's parallelism is its threads: OpenCV's own pool on top wakes a worker per call,
+        # which under load cost more than the work (a 32×32 map's labelling: 74 µs vs 1.5 µs alone)
+        cv2.setNumThreads(1)
         opts = opts or EngineOptions(device=cfg.device, threads=cfg.threads, spinning=cfg.spinning)
         self.health: dict[str, str] = {}
         remote = remote_models(bundle, cfg)
@@ -333,10 +339,15 @@ class Pipeline:
         with self.stats.lock:
             self.stats.batches.append(len(batch))
         items = []
-        for f, r in zip(batch, results):
+        try:  # the batch's maps summarized at once (a failure here leaves each frame to its own)
+            summaries: list[Any] = summarize([r.anomaly_map for r in results])
+        except Exception:
+            log.exception("summarizing the batch's maps failed")
+            summaries = [None] * len(results)
+        for f, r, s in zip(batch, results, summaries):
             f.ts |= {"expert_start": t0, "expert_done": t1}
             try:
-                ins = Inspection(self.inspector.record(f.image, r), r)
+                ins = Inspection(self.inspector.record(f.image, r, s), r)
                 if served_by:
                     ins.record["served_by"] = served_by
                 late = None if self.deadline is None or self.deadline.claim(f.seq) else \

@@ -8,7 +8,10 @@ reported. Updates (masks, explanation) find their row by ``seq``.
 
 WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed (kill -9),
 which is the failure a station sees; only a power cut can lose the last commits. A verdict is
-committed before it is published, so no subscriber ever saw a result the store lacks.
+committed before it is published, so no subscriber ever saw a result the store lacks. The WAL is
+checkpointed (copied into the database, with its fsync) by the store's own thread every second,
+not by whichever commit crosses SQLite's page limit: that commit would be a verdict's, and its
+fsync a latency spike on the line.
 """
 
 from __future__ import annotations
@@ -45,6 +48,18 @@ CREATE INDEX IF NOT EXISTS results_sender ON results(camera, frame_id);
 CREATE INDEX IF NOT EXISTS results_status ON results(status);
 """
 
+# a batch's verdicts in one statement each: whether the sender's id was stored before is part of
+# the insert (a frame whose fail-safe verdict was stored at its deadline gets its real one here)
+VERDICT = """
+INSERT INTO results (seq, frame_id, camera, status, verdict, score, score_norm, findings, ts, deadline_missed, repeat)
+VALUES (?1, ?2, ?3, 'verdict', ?4, ?5, ?6, ?7, ?8, ?9,
+        EXISTS(SELECT 1 FROM results WHERE camera = ?3 AND frame_id = ?2 AND seq < ?1))
+ON CONFLICT(seq) DO UPDATE SET frame_id=excluded.frame_id, camera=excluded.camera, status=excluded.status,
+    verdict=excluded.verdict, score=excluded.score, score_norm=excluded.score_norm, findings=excluded.findings,
+    ts=excluded.ts, repeat=excluded.repeat, deadline_missed=MAX(deadline_missed, excluded.deadline_missed)
+"""
+CHECKPOINT_S = 1.0
+
 
 class ResultStore:
     """Thread-safe (one connection behind a lock: the writes are small and few per frame)."""
@@ -65,7 +80,24 @@ class ResultStore:
         for col, decl in (("failsafe", "TEXT"), ("deadline_missed", "INTEGER NOT NULL DEFAULT 0")):
             if col not in have:  # a store from before the verdict deadline: the columns are added
                 self._db.execute(f"ALTER TABLE results ADD COLUMN {col} {decl}")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it (see above)
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoints, name="store-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL into the database every second, on a connection of its own: PASSIVE never
+        blocks the writer, so a verdict's commit never waits for it (nor for its fsync)."""
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            while not self._closing.wait(CHECKPOINT_S):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as e:  # busy or a full disk: the WAL waits for the next one
+                    log.warning("%s: checkpoint failed: %s", self.path, e)
+        finally:
+            db.close()
 
     def last_seq(self) -> int:
         """The highest station id stored (0 for a new store): a restarted station continues after it."""
@@ -93,20 +125,25 @@ class ResultStore:
 
     def verdicts(self, rows: list[tuple[int, str, str, dict[str, Any], dict[str, float], bool]]) -> list[bool]:
         """An expert batch's verdicts (seq, frame_id, camera, result, ts, late) in one transaction:
-        one commit for the batch instead of one per frame; each is stored before any is published."""
+        one commit for the batch instead of one per frame; each is stored before any is published.
+        Returns, per row, whether the sender's (camera, frame_id) was stored under an earlier seq."""
+        params = [(seq, fid, cam, res.get("verdict"), res.get("score"), res.get("score_norm"),
+                   json.dumps(res.get("findings")), json.dumps(ts), int(late)) for seq, fid, cam, res, ts, late in rows]
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                out = [self._insert_locked(
-                    {"seq": seq, "frame_id": fid, "camera": cam, "status": "verdict", "verdict": res.get("verdict"),
-                     "score": res.get("score"), "score_norm": res.get("score_norm"),
-                     "findings": json.dumps(res.get("findings")), "ts": json.dumps(ts)}
-                    | ({"deadline_missed": 1} if late else {})) for seq, fid, cam, res, ts, late in rows]
+                self._db.executemany(VERDICT, params)
+                seqs = [p[0] for p in params]
+                repeats = {r[0] for r in self._db.execute(
+                    f"SELECT seq FROM results WHERE repeat = 1 AND seq IN ({','.join('?' * len(seqs))})", seqs)}
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return out
+        for seq, fid, cam, *_ in rows:
+            if seq in repeats:
+                log.warning("camera %s sent frame id %s again: stored as its own row (seq %d)", cam, fid, seq)
+        return [seq in repeats for seq, *_ in rows]
 
     def verdict(self, seq: int, frame_id: str, camera: str, result: dict[str, Any], ts: dict[str, float],
                 late: bool = False) -> bool:
@@ -136,5 +173,11 @@ class ResultStore:
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def close(self) -> None:
+        self._closing.set()
+        self._checkpointer.join(5.0)
         with self._lock:
+            try:  # the WAL folded in: a closed store is one file
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                log.warning("%s: final checkpoint failed: %s", self.path, e)
             self._db.close()
