@@ -221,7 +221,8 @@ def sweep(stack: Stack, start: float, a: argparse.Namespace, extra: list[str], n
     from lineguard.runtime.clients.bench import run_bench
 
     _, rep = run_bench(str(stack.bundle), str(stack.data), rate=start, duration=a.duration,
-                       defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.1,
+                       defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.25,
+                       max_steps=20,  # from --start to past the ceiling, then 3 halvings: within 3 %
                        serve_args=["--precision", a.precision, *stack.serve_args, *extra],
                        out=str(a.out.with_name(f"{a.out.name}_{name}")))
     best = rep.get("max_sustainable_fps")
@@ -250,7 +251,7 @@ def main() -> None:
     ap.add_argument("--defect-rate", type=float, default=0.05)
     ap.add_argument("--max-latency-ms", type=float, default=500.0)
     ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--start", type=float, default=0.3, help="first sweep rate, as a share of the ceiling")
+    ap.add_argument("--start", type=float, default=0.5, help="first sweep rate, as a share of the ceiling")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/line_rate"))
     ap.add_argument("--real", action="store_true", help="SAM vit_b and a Qwen2-0.5B-shaped LLM instead of tiny ones")
     ap.add_argument("--sam-size", type=int, default=384, help="SAM input size of the --real stack")

@@ -6,6 +6,7 @@ onnxruntime-gpu lists CUDA in ``get_available_providers()`` even where no GPU ex
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -43,7 +44,21 @@ def _ort() -> Any:
         raise LineguardError(
             "onnxruntime is not installed: pip install 'lineguard[cpu]' (or '[gpu]' on a CUDA station)"
         ) from None
+    _preload_cuda(ort)
     return ort
+
+
+@functools.cache
+def _preload_cuda(ort: Any) -> None:
+    """Load CUDA's and cuDNN's libraries from their pip wheels (the ``[gpu]`` extra installs them):
+    onnxruntime-gpu does not look there by itself, and without this a pip-only GPU station's CUDA
+    session silently falls back to the CPU. Once per process; a no-op where onnxruntime has no
+    CUDA or the libraries come from the system."""
+    if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # the system's CUDA may still serve: ONNX Runtime says if it does not
+            log.warning("could not preload CUDA's pip libraries: %s", e)
 
 
 @dataclass

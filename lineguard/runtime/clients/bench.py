@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -66,9 +67,13 @@ def gpu_memory_mb(pid: int) -> float | None:
 class Served:
     """A `lineguard serve` subprocess on free loopback ports."""
 
-    def __init__(self, bundle: str, serve_args: list[str], stderr: Any = subprocess.PIPE,
+    def __init__(self, bundle: str, serve_args: list[str], stderr: Any = None,
                  new_session: bool = False, http: str | None = None) -> None:
-        """``http``: HOST:PORT for the web view (else its server, with /metrics and /healthz, on a free port)."""
+        """``http``: HOST:PORT for the web view (else its server, with /metrics and /healthz, on a free port).
+        ``stderr``: where the station's log goes; by default a temporary file, not a pipe: nobody
+        reads a pipe during a run, and a station that logs enough would block on a full one."""
+        if stderr is None:
+            stderr = self._own_log = tempfile.NamedTemporaryFile("w+", prefix="lineguard-serve-", suffix=".log")
         p = dict(zip(("ingest", "publish", "metrics"), free_ports(3)))
         self.ingest, self.publish = f"tcp://127.0.0.1:{p['ingest']}", f"tcp://127.0.0.1:{p['publish']}"
         self.metrics = int(http.rsplit(":", 1)[1]) if http else p["metrics"]
@@ -106,6 +111,9 @@ class Served:
             self.proc.kill()
             self.proc.communicate()
             return {"killed": True}
+        finally:
+            if getattr(self, "_own_log", None) is not None:
+                self._own_log.close()  # a temporary file: removed
         lines = [x for x in (out or "").splitlines() if x.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
 
@@ -321,10 +329,18 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
         start = served.health() if served else {}  # Triton's counters are cumulative: the steps' share is a difference
         plan = RatePlan(rate, step if sweep else 0.0, max_steps if sweep else 1, refine)
         r_now: float | None = rate
+        generator_limit = None
         while r_now is not None:
             k = len(steps)
-            rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,
-                                    f"s{k}-", pid, explained=explains, jpeg=jpeg)
+            try:
+                rep, samples = run_step(ctx, ingest, publish, pools, r_now, duration, defect_rate, grace_s, seed + k,
+                                        f"s{k}-", pid, explained=explains, jpeg=jpeg)
+            except LineguardError as e:  # the load generator, not the station, is the limit here
+                if not (sweep and steps):
+                    raise
+                generator_limit = f"at {r_now} fps: {e}"
+                print(generator_limit, file=sys.stderr, flush=True)
+                break
             ok, why = verdict_of(rep, r_now, max_latency_ms)
             rep |= {"pass": ok, "why": why, "retry": plan.retrying, "refining": plan.failed is not None}
             steps.append(rep)
@@ -345,7 +361,9 @@ def run_bench(bundle: str | None, images: str, rate: float, duration: float = 10
         report["triton"] = triton_figures(start.get("models", {}).get("triton", {}), health["models"]["triton"])
     if sweep:
         good = [s["offered_fps"] for s in steps if s["pass"]]
-        report |= {"max_sustainable_fps": max(good) if good else None, "steps": steps}
+        # a sweep the load generator ended: the station held every rate tried, its maximum is higher
+        report |= {"max_sustainable_fps": max(good) if good else None, "steps": steps,
+                   "load_generator_limit": generator_limit}
     if out:
         write_outputs(Path(out), report, samples, steps)
     return first["pass"], report
