@@ -28,6 +28,23 @@ CONFIGS = [("1 thread, no spin", ["--threads", "1"]), ("2 threads, no spin", ["-
            ("2 threads, spinning", ["--threads", "2", "--spinning"])]
 
 
+def expert_bundle(work: Path, backbone: str = "resnet18", n_train: int = 30) -> tuple[Path, Path]:
+    """Generated tiles (``work/data/tile``) and a calibrated 256-px PatchCore on ``backbone``
+    (random weights) fitted to ``n_train`` of them (``work/bundle``): the expert stage alone.
+    Wipes ``work`` first."""
+    from lineguard.calibration.calibrate import calibrate
+    from lineguard.export.expert import export_patchcore
+    from lineguard.export.patchcore.fit import PatchCoreConfig
+    from lineguard.synth.tiles import make_dataset
+
+    bundle = work / "bundle"
+    shutil.rmtree(work, ignore_errors=True)
+    data = make_dataset(work / "data", "tile", n_train=n_train, n_good=20, n_defect=20, size=256, seed=1)
+    export_patchcore(data, bundle, PatchCoreConfig(backbone=backbone, size=256, coreset=0.1, seed=0), progress=False)
+    calibrate(bundle, dataset=str(data), rule="f1", progress=False)
+    return bundle, data
+
+
 def build(work: Path) -> tuple[Path, Path]:
     """A calibrated 256-px PatchCore on generated tiles, with a tiny SAM and a tiny INT4 LLM."""
     bundle = work / "bundle"
@@ -36,19 +53,12 @@ def build(work: Path) -> tuple[Path, Path]:
         return bundle, data
     import torch
 
-    from lineguard.calibration.calibrate import calibrate
-    from lineguard.export.expert import export_patchcore
     from lineguard.export.llm.export import export_llm
     from lineguard.export.llm.tiny import build_tiny
-    from lineguard.export.patchcore.fit import PatchCoreConfig
     from lineguard.export.sam.checkpoint import build_sam, parse_arch
     from lineguard.export.sam.export import export_sam
-    from lineguard.synth.tiles import make_dataset
 
-    shutil.rmtree(work, ignore_errors=True)
-    data = make_dataset(work / "data", "tile", n_train=30, n_good=20, n_defect=20, size=256, seed=1)
-    export_patchcore(data, bundle, PatchCoreConfig(size=256, coreset=0.1, seed=0), progress=False)
-    calibrate(bundle, dataset=str(data), rule="f1", progress=False)
+    bundle, data = expert_bundle(work)
     torch.manual_seed(0)
     torch.save(build_sam(parse_arch("custom:64:2:2:1"), 256).state_dict(), work / "sam.pth")
     export_sam(work / "sam.pth", "custom:64:2:2:1", bundle, image_size=256)
