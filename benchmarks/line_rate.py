@@ -222,7 +222,7 @@ def sweep(stack: Stack, start: float, a: argparse.Namespace, extra: list[str], n
 
     _, rep = run_bench(str(stack.bundle), str(stack.data), rate=start, duration=a.duration,
                        defect_rate=a.defect_rate, max_latency_ms=a.max_latency_ms, sweep=True, step=1.25,
-                       max_steps=20,  # from --start to past the ceiling, then 3 halvings: within 3 %
+                       max_steps=20, refine=5,  # past the ceiling, then down or halving: within 1 %
                        serve_args=["--precision", a.precision, *stack.serve_args, *extra],
                        out=str(a.out.with_name(f"{a.out.name}_{name}")))
     best = rep.get("max_sustainable_fps")

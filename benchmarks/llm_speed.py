@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engines", default="torch,ort-fp32,ort-int4,ort-int4-b64,ort-int4-b128",
-                    help="ort-int4 is the bundle's (block 32, fused graph); ort-int4-bN re-quantizes with block N; "
+                    help="ort-int4 is the bundle's (its default block: 128 for this shape; fused graph); ort-int4-bN re-quantizes with block N; "
                          "ort-int4-traced exports the traced graph; genai-int4 runs --genai's build")
     ap.add_argument("--work", type=Path, default=Path("runs/llm"))
     ap.add_argument("--out", type=Path, default=Path("runs/llm/bench"))

@@ -34,8 +34,11 @@ def test_a_sweep_climbs_then_narrows_the_limit_down():
     assert max(r for r in rates if r <= 1000) >= 1000 / 1.5 ** (1 / 8)  # within 5 %, not a whole step below
     # a spike on a climbing step costs one repeat, not the sweep
     assert _run_plan(RatePlan(10, 2, refine=0), limit=100, spikes={40})[:5] == [10, 20, 40, 40, 80]
-    # no refinement when nothing held, and a single rate without a step
-    assert _run_plan(RatePlan(10, 2), limit=1) == [10, 10]
+    # a start above the limit steps down until a rate holds, then narrows the limit down
+    down = _run_plan(RatePlan(10, 2, refine=3), limit=3)
+    assert down[:5] == [10, 10, 5, 5, 2.5] and 2.5 < down[5] < 5  # two steps down, one halving left
+    assert _run_plan(RatePlan(10, 2, refine=1), limit=1) == [10, 10, 5, 5]  # none held: no maximum
+    assert _run_plan(RatePlan(10, 2, refine=0), limit=1) == [10, 10]
     assert _run_plan(RatePlan(10, 0), limit=1) == [10]
 
 
@@ -64,7 +67,7 @@ def test_bench_reports_every_frame_and_writes_its_files(served_bundle, synth, tm
 
 def test_an_impossible_latency_limit_fails_with_the_reason(served_bundle, synth, tmp_path):
     r = lg("bench", served_bundle, "--images", synth, "--rate", "4", "--duration", "1", "--max-latency-ms", "0.001",
-           "--sweep", "--json")
+           "--sweep", "--refine", "0", "--json")
     assert r.returncode == 3, r.stderr
     rep = json.loads(r.stdout)
     assert rep["pass"] is False and any("p99 verdict latency" in w for w in rep["why"])

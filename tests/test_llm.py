@@ -90,7 +90,7 @@ def test_int4_quantizes_every_weight_matmul_including_the_tied_head(qwen_bundle,
     assert ops.count("MatMulNBits") == 2 * 4 + 1  # per layer: qkv, o, gate_up, down; and the LM head
     assert not [n for n in g.node if n.op_type == "MatMul" and n.input[1] in inits]
     q = v["provenance"]["int4"]
-    assert q["block_size"] == 32 and q["fp32_weight_matmuls"] == 0
+    assert q["block_size"] == 64 and q["fp32_weight_matmuls"] == 0  # the largest block dividing hidden 64
     assert v["provenance"]["graph"] == "fused" and "GroupQueryAttention" in ops
     par = v["parity"]
     assert 0.6 <= par["teacher_forced_agreement"] <= 1.0 and len(par["matching_prefix"]) == 3
@@ -350,3 +350,23 @@ def test_tied_embeddings_are_looked_up_in_the_heads_4bit_blocks(symmetric, tiny,
     # and the dequantized rows are close to the checkpoint's embeddings
     emb = transformers.AutoModelForCausalLM.from_pretrained(tiny["qwen2"]).model.embed_tokens.weight.detach().numpy()
     assert np.abs(got[0] - emb[ids[0]]).max() < 0.1 * np.abs(emb).max()
+
+
+def test_the_default_int4_block_is_the_largest_that_divides_every_weight():
+    """128 where every MatMul weight's input size allows it (Qwen2-0.5B: 896, 4864), else smaller."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lineguard.export.llm.int4 import default_block
+
+    def graph(*ks: int) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(np.zeros((k, 8), np.float32), f"w{i}") for i, k in enumerate(ks)]
+        nodes = [helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]) for i in range(len(ks))]
+        io = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [1, k]) for i, k in enumerate(ks)]
+        out = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 8]) for i in range(len(ks))]
+        return helper.make_model(helper.make_graph(nodes, "g", io, out, inits))
+
+    assert default_block(graph(896, 4864)) == 128
+    assert default_block(graph(64, 128)) == 64
+    assert default_block(graph(128, 96)) == 32
+    assert default_block(graph(48)) == 16

@@ -265,7 +265,8 @@ def plot_curve(steps: list[dict[str, Any]], path: Path, max_latency_ms: float | 
 
 
 class RatePlan:
-    """The rates a sweep tries: ×``step`` from ``start`` until a rate fails, then the interval between
+    """The rates a sweep tries: ×``step`` from ``start`` until a rate fails (÷``step`` where ``start``
+    already fails, until one holds: each step down spends one of the ``refine``), then the interval between
     the last rate that held and the first that failed halved (geometrically) ``refine`` times, so the
     maximum is found within step^(1/2^refine) (3 halvings of ×1.5: 5 %) instead of a whole step below.
     A failing rate is run once more and fails only when it fails again: one latency spike on a shared
@@ -296,8 +297,12 @@ class RatePlan:
             self.climbs_left -= 1
             self.rate = round(self.rate * self.step, 2)
             return self.rate
-        if self.passed is None or self.refine <= 0 or unanswered:
+        if self.refine <= 0 or unanswered:
             return None
+        if self.passed is None:  # the first rate was already too high: step down (a refinement each)
+            self.refine -= 1
+            self.rate = round(self.rate / self.step, 2)
+            return self.rate
         self.refine -= 1
         mid = round((self.passed * self.failed) ** 0.5, 2)
         if not self.passed < mid < self.failed:  # the interval is below the rates' resolution
