@@ -226,7 +226,7 @@ def sweep(stack: Stack, start: float, a: argparse.Namespace, extra: list[str], n
                        serve_args=["--precision", a.precision, *stack.serve_args, *extra],
                        out=str(a.out.with_name(f"{a.out.name}_{name}")))
     best = rep.get("max_sustainable_fps")
-    at = next((s for s in rep["steps"] if s["offered_fps"] == best), None)
+    at = next((s for s in rep["steps"] if s["offered_fps"] == best and s["pass"]), None)  # not its failed try
     keys = ("offered_fps", "achieved_verdict_fps", "pass", "flagged", "masks_dropped", "explained",
             "explanations_dropped", "explanations_pending", "server_cpu_percent", "loadgen_cpu_percent")
     return {"max_sustainable_fps": best, "p99_ms_at_max": at["verdict_latency_ms"]["p99"] if at else None,
