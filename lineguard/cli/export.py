@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--model", required=True, help="local Hugging Face checkpoint folder (save_pretrained layout)")
     m.add_argument("--bundle", required=True, help="bundle to add the LLM stage to (created if missing)")
     m.add_argument("--precision", default="int4", help="comma list of int4, fp16, fp32 (default int4)")
-    m.add_argument("--block-size", type=positive(int), help="INT4 block size (MatMulNBits); default: 128, "
-                   "or the largest of 64/32/16 that divides every weight's input size")
+    m.add_argument("--block-size", type=positive(int), help="INT4 block size (MatMulNBits); default: the largest "
+                   "of 128/64/32 that divides every weight's input size in 4 blocks or more, else 32")
     m.add_argument("--asymmetric", action="store_true", help="INT4 with zero points (default symmetric)")
     m.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits compute: 4 = int8 activations (fastest on CPU), 0 = fp32")
