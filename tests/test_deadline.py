@@ -29,9 +29,10 @@ def first_verdicts(msgs: list) -> dict:
 @pytest.mark.parametrize("policy,failsafe", [("reject", "defect"), ("accept", "good"), ("none", None)])
 def test_a_late_frame_gets_the_failsafe_then_its_verdict(served_bundle: Path, synth: Path, tmp_path: Path,
                                                           policy: str, failsafe: str | None) -> None:
-    # the expert's batch waits 300 ms to fill: no single frame can meet a 20 ms deadline
+    # one expert worker's batch waits 300 ms to fill (with a second one idle it would not wait):
+    # no single frame can meet a 20 ms deadline
     st = Station(served_bundle, tmp_path, "--deadline-ms", "20", "--on-deadline", policy, "--max-wait-ms", "300",
-                 "--max-batch", "8")
+                 "--max-batch", "8", "--expert-workers", "1")
     img = read_image(list_images(synth / "test" / "good")[0])
     try:
         for i in range(3):

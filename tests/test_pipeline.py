@@ -120,3 +120,33 @@ def test_an_expert_worker_outlives_a_failure_to_report(served_bundle, synth):
     assert p.stop(60)  # every thread was alive to take the sentinel, and drained the queues
     verdicts = {b["frame_id"] for t, b in got if t == "verdict" and not b.get("update")}
     assert verdicts == {f"p{i}" for i in range(1, len(frames))}
+
+
+def test_a_batch_waits_for_company_only_while_the_other_workers_are_busy(served_bundle):
+    """Two expert workers, a 60-s batch wait: with the other worker idle a lone frame goes at once
+    (with what is already queued); with it busy the batch waits for the next frame."""
+    p = Pipeline(Bundle.load(served_bundle), ServeConfig(explain=False, masks=False, max_batch=4, max_wait_ms=60_000,
+                                                         expert_workers=2), lambda *a: None)
+    out: list = []
+
+    def take() -> None:
+        out.append(p._next_batch())
+
+    p.experts_idle = 1  # the other worker waits for a frame too
+    p.q_expert.put("a")
+    p.q_expert.put("b")
+    t = threading.Thread(target=take)
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and out.pop() == (["a", "b"], False)
+
+    p.experts_idle = 0  # the other worker is busy: wait for company, up to max_batch
+    t = threading.Thread(target=take)
+    t.start()
+    p.q_expert.put("c")
+    time.sleep(0.2)
+    assert t.is_alive()  # holding "c" for company
+    for x in "def":
+        p.q_expert.put(x)
+    t.join(30)
+    assert not t.is_alive() and out.pop() == (["c", "d", "e", "f"], False)

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--background-nice", type=int, default=10,
                     help="lower SAM's and the LLM's OS priority by this much (0: same as the expert)")
     sv.add_argument("--max-batch", type=positive(int), default=8, help="expert batch limit")
-    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill while every other expert worker is busy (else it takes what is queued)")
     sv.add_argument("--hwm", type=positive(int), default=64, help="ingest socket high-water mark (messages)")
     sv.add_argument("--queue", type=positive(int), default=64, help="frames waiting to decode before drops")
     sv.add_argument("--decode-workers", type=positive(int), default=2,

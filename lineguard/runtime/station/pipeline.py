@@ -147,6 +147,7 @@ class Pipeline:
         self.decoders_left = decoders = max(1, cfg.decode_workers)
         self.experts_left = len(self.experts)
         self.experts_lock = threading.Lock()
+        self.experts_idle = 0  # expert workers waiting for a first frame
         self.results_stops = 0
         nice = cfg.background_nice
         self.threads = [threading.Thread(target=f, args=args, name=n, daemon=True) for n, f, args in (
@@ -302,16 +303,26 @@ class Pipeline:
                 self.q_defect.put(STOP)
 
     def _next_batch(self) -> tuple[list[Frame], bool]:
-        """(up to ``max_batch`` frames, waiting at most ``max_wait_ms`` after the first; whether this
-        worker took its STOP). The batch in hand when STOP comes is still inspected."""
+        """(up to ``max_batch`` frames, waiting at most ``max_wait_ms`` after the first while every
+        other worker is busy, else only what is queued; whether this worker took its STOP). The
+        batch in hand when STOP comes is still inspected."""
+        with self.experts_lock:
+            self.experts_idle += 1
         first = self.q_expert.get()
+        with self.experts_lock:
+            self.experts_idle -= 1
+            # waiting for company only pays while no other worker is free to take the next frame:
+            # with one idle, a lone frame waiting would be latency spent for nothing (Triton's
+            # max_queue_delay, 0 by default, makes the same trade)
+            wait = self.experts_idle == 0
         if first is STOP:
             return [], True
         batch = [first]
-        end = time.monotonic() + self.cfg.max_wait_ms / 1e3
+        end = time.monotonic() + (self.cfg.max_wait_ms / 1e3 if wait else 0.0)
         while len(batch) < self.cfg.max_batch:
             try:
-                nxt = self.q_expert.get(timeout=max(0.0, end - time.monotonic()))
+                nxt = self.q_expert.get(timeout=max(0.0, end - time.monotonic())) if wait \
+                    else self.q_expert.get_nowait()
             except queue.Empty:
                 break
             if nxt is STOP:
