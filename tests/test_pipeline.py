@@ -58,15 +58,16 @@ def test_a_stage_raising_on_a_frame_gives_it_an_error_and_the_server_goes_on(ser
     store.close()
 
 
-def _nice_by_thread() -> dict[int, int]:
-    """Niceness of every thread of this process, from /proc (field 19 of each task's stat)."""
+def _nice_by_thread(field: int = 19) -> dict[int, int]:
+    """Niceness (or another ``field``, 41: the scheduling policy) of every thread of this process,
+    from /proc (each task's stat)."""
     out = {}
     for task in Path("/proc/self/task").iterdir():
         try:
             stat = (task / "stat").read_text()
         except FileNotFoundError:  # a thread that ended during the scan
             continue
-        out[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])
+        out[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[field - 3])
     return out
 
 
@@ -83,6 +84,7 @@ def test_sam_and_llm_run_at_lower_priority_with_their_onnx_runtime_workers(full_
         while True:
             nice = _nice_by_thread()
             by_name = {t.name: nice.get(t.native_id) for t in p.threads}
+            by_id = {t.name: t.native_id for t in p.threads}
             if by_name["defects"] == by_name["explain"] == lowered_name or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -95,6 +97,10 @@ def test_sam_and_llm_run_at_lower_priority_with_their_onnx_runtime_workers(full_
         lowered = [tid for tid, n in new.items() if n == min(19, base + 5)]
         assert len(lowered) >= 2 + 3, new
         assert any(n == base for tid, n in new.items() if tid not in {t.native_id for t in p.threads})
+        # and in SCHED_IDLE, they and their workers: they run on the cycles the verdict path leaves
+        policy = _nice_by_thread(41)
+        assert {policy[t] for t in lowered} == {os.SCHED_IDLE}
+        assert policy[by_id["expert"]] == policy[by_id["decode"]] == os.SCHED_OTHER
     finally:
         p.stop(10)
 

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="intra-op threads for SAM and the LLM (0: every core)")
     sv.add_argument("--background-nice", type=int, default=10,
                     help="lower SAM's and the LLM's OS priority by this much (0: same as the expert)")
+    sv.add_argument("--no-background-idle", dest="background_idle", action="store_false",
+                    help="keep SAM and the LLM out of Linux's SCHED_IDLE class (in it they run only on cycles the "
+                         "verdict path leaves)")
     sv.add_argument("--max-batch", type=positive(int), default=8, help="expert batch limit")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill while every other expert worker is busy (else it takes what is queued)")
     sv.add_argument("--hwm", type=positive(int), default=64, help="ingest socket high-water mark (messages)")
@@ -145,7 +148,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     cfg = ServeConfig(precision=a.precision, device=a.device, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, decode_queue=a.queue, decode_workers=a.decode_workers,
                       defect_queue=a.defect_queue, llm_queue=a.llm_queue, threads=a.threads, spinning=a.spinning, explain=not a.no_explain, constrain=a.constrain,
                       sam_precision=a.sam_precision, masks=not a.no_sam, expert_workers=a.expert_workers, background_threads=a.background_threads,
-                      background_nice=a.background_nice,
+                      background_nice=a.background_nice, background_idle=a.background_idle,
                       limits=Limits(max_pixels=a.max_pixels), artifacts=a.artifacts, keep_artifacts=a.keep_artifacts,
                       deadline_ms=a.deadline_ms, on_deadline=a.on_deadline,
                       models=parse_models(a.models) if a.models else None, models_timeout_s=a.models_timeout,

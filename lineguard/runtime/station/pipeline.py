@@ -80,6 +80,7 @@ class ServeConfig:
     sam_precision: str | None = None  # None: the expert's precision where SAM has it, else fp32
     background_threads: int = 1  # intra-op threads for SAM and the LLM (0 = every core)
     background_nice: int = 10  # added to SAM's and the LLM's OS niceness (0 = same priority as the expert)
+    background_idle: bool = True  # and SAM and the LLM in SCHED_IDLE (Linux): only the cycles the verdicts leave
     top_k: int = 3
     sam_mode: str = "roi"
     explain: bool = True
@@ -149,13 +150,13 @@ class Pipeline:
         self.experts_lock = threading.Lock()
         self.experts_idle = 0  # expert workers waiting for a first frame
         self.results_stops = 0
-        nice = cfg.background_nice
+        low = (cfg.background_nice, cfg.background_idle)
         self.threads = [threading.Thread(target=f, args=args, name=n, daemon=True) for n, f, args in (
             *((f"decode{i}" if i else "decode", self._run, (self.q_decode, self._decode, self._end_decode, 0))
               for i in range(decoders)),
             *((f"expert{i}" if i else "expert", self._expert_loop, (ex,)) for i, ex in enumerate(self.experts)),
-            ("defects", self._run, (self.q_defect, self._defects, lambda: self.q_results.put(STOP), nice)),
-            ("explain", self._run, (self.q_llm, self._explain, lambda: self.q_results.put(STOP), nice)),
+            ("defects", self._run, (self.q_defect, self._defects, lambda: self.q_results.put(STOP), *low)),
+            ("explain", self._run, (self.q_llm, self._explain, lambda: self.q_results.put(STOP), *low)),
             ("results", self._run, (self.q_results, self._result, self._end_results, 0)))]
 
     @property
@@ -170,7 +171,7 @@ class Pipeline:
         out: dict[str, Any] = {}
 
         def load() -> None:  # in its own lowered thread: the session's workers inherit its priority
-            lower_priority(self.cfg.background_nice)
+            lower_priority(self.cfg.background_nice, self.cfg.background_idle)
             try:
                 out["stage"] = make()
             except Exception as e:  # any failure to load degrades, it does not stop the station
@@ -209,10 +210,10 @@ class Pipeline:
         return not any(t.is_alive() for t in self.threads)
 
     def _run(self, q: queue.Queue[Any], handle: Callable[[Any], None], then: Callable[[], bool | None],
-             nice: int) -> None:
+             nice: int, idle: bool = False) -> None:
         """One stage's thread: ``handle`` each item until STOP, then ``then`` (which passes STOP on).
         ``handle`` deals with its own frame's failures; a bug that escapes it is logged, not fatal."""
-        lower_priority(nice)
+        lower_priority(nice, idle)
         while True:
             item = q.get()
             if item is STOP:
@@ -476,13 +477,18 @@ def remote_models(bundle: Bundle, cfg: ServeConfig) -> dict[str, str]:
     return out
 
 
-def lower_priority(nice: int) -> None:
-    """Raise the calling thread's niceness by ``nice`` (Linux: per thread; new threads inherit it)."""
-    if nice <= 0 or not sys.platform.startswith("linux"):  # elsewhere the id would name a process
+def lower_priority(nice: int, idle: bool = False) -> None:
+    """Raise the calling thread's niceness by ``nice``; with ``idle``, also put it in Linux's
+    SCHED_IDLE class: it runs only on cycles no other thread wants (Linux: both per thread, and
+    inherited by the threads it creates)."""
+    if not sys.platform.startswith("linux"):  # elsewhere the id would name a process
         return
+    tid = threading.get_native_id()
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        if nice > 0:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
     except OSError as e:  # a sandbox may forbid it; the station still serves, at equal priority
         log.warning("could not lower the background stages' priority: %s", e)
 
