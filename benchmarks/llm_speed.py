@@ -1,13 +1,15 @@
 """LLM prompt and generation tokens/s, llama-bench style: torch fp32, ORT fp32, ORT INT4 in one run.
 
     python -m benchmarks.llm_speed [--shape qwen2-0.5b|tiny] [--model DIR] [--pp 128] [--tg 64]
-                                   [--threads 2] [--work runs/llm] [--out runs/llm/bench]
+                                   [--threads 2] [--repeats 3] [--rounds 3] [--work runs/llm]
+                                   [--out runs/llm/bench]
 
 ``--shape qwen2-0.5b`` builds a Qwen2-0.5B-shaped model from its config with random weights
 (the weights do not change the cost) and a small trained tokenizer; ``--model`` takes a real
-checkpoint folder instead. Each engine runs in its own subprocess, so peak memory is its own.
-Generated tokens/s is also set against this machine's memory-bandwidth limit: the bytes of
-weights one decode step reads, divided into the measured copy bandwidth (same thread count).
+checkpoint folder instead. Each engine runs in its own subprocess, so peak memory is its own,
+once per round, the order rotated each round; figures are medians over the rounds. Generated tokens/s
+is also set against this machine's memory-bandwidth limit: the bytes of weights one decode step
+reads, divided into the copy bandwidth (same thread count) measured at the start of the round.
 """
 
 from __future__ import annotations
@@ -182,6 +184,18 @@ def run_one(engine: str, model: Path, bundle: Path, pp: int, tg: int, threads: i
             "peak_rss_mb": peak_rss_mb()}
 
 
+def graph_file(engine: str, a: argparse.Namespace, b: Any, bundle: Path) -> Path:
+    """The ONNX file ``engine`` runs (for its bytes per token)."""
+    if engine == "genai-int4":
+        return a.genai / "model.onnx"
+    if engine == "ort-int4-traced":
+        from lineguard.runtime.bundle import Bundle
+
+        return Bundle.load(traced_bundle(bundle), verify=False).variant_path("llm", "int4")
+    prec = "fp32" if engine in ("torch", "ort-fp32") else "int4"
+    return b.variant_path("llm", prec) if engine.count("-") < 2 else block_variant(bundle, engine)
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM starts fresh at exec; ru_maxrss may carry the parent's)."""
     try:
@@ -221,7 +235,8 @@ def main() -> None:
     ap.add_argument("--pp", type=int, default=128, help="prompt tokens")
     ap.add_argument("--tg", type=int, default=64, help="generated tokens")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="generations per engine per round (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of all engines, alternating (median of rounds)")
     ap.add_argument("--engines", default="torch,ort-fp32,ort-int4,ort-int4-b64,ort-int4-b128",
                     help="ort-int4 is the bundle's (its default block: 128 for this shape; fused graph); ort-int4-bN re-quantizes with block N; "
                          "ort-int4-traced exports the traced graph; genai-int4 runs --genai's build")
@@ -260,27 +275,35 @@ def main() -> None:
         export_llm(model, traced_bundle(bundle), ("int4",), graph="traced")
     if "genai-int4" in a.engines.split(",") and not a.genai:
         raise SystemExit("genai-int4 needs --genai DIR (a folder built by onnxruntime_genai.models.builder)")
-    bw = {t: copy_bandwidth(t) for t in sorted({1, a.threads})}
+    engines = a.engines.split(",")
+    graph_bytes = {e: weight_bytes_per_token(graph_file(e, a, b, bundle)) for e in engines}
+    # rounds: every engine once a round, the copy bandwidth measured at the start of each; this
+    # VM's speed drifts by up to 2× within an hour, so engines are compared round by round
+    runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    bws: list[dict[int, float]] = []
+    for rnd in range(a.rounds):
+        bw = {t: copy_bandwidth(t) for t in sorted({1, a.threads})}
+        bws.append(bw)
+        for engine in engines[rnd % len(engines):] + engines[:rnd % len(engines)]:  # measured: the later
+            # engine of a pair ran up to 10 % faster whichever it was; rotating spreads that over all
+            print(f"round {rnd + 1}/{a.rounds}: measuring {engine} …", file=sys.stderr)
+            src = a.genai if engine == "genai-int4" else model
+            r = subprocess.run([sys.executable, "-m", "benchmarks.llm_speed", "--one", engine, "--model", str(src),
+                                "--bundle", str(bundle), "--pp", str(a.pp), "--tg", str(a.tg), "--threads",
+                                str(a.threads), "--repeats", str(a.repeats)], capture_output=True, text=True, check=True)
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            row["share_of_bandwidth_limit"] = row["tg_tok_s"] * graph_bytes[engine] / bw[a.threads]
+            runs[engine].append(row)
     rows = []
-    for engine in a.engines.split(","):
-        print(f"measuring {engine} …", file=sys.stderr)
-        src = a.genai if engine == "genai-int4" else model
-        r = subprocess.run([sys.executable, "-m", "benchmarks.llm_speed", "--one", engine, "--model", str(src),
-                            "--bundle", str(bundle), "--pp", str(a.pp), "--tg", str(a.tg), "--threads", str(a.threads),
-                            "--repeats", str(a.repeats)], capture_output=True, text=True, check=True)
-        row = json.loads(r.stdout.strip().splitlines()[-1])
-        prec = "fp32" if engine in ("torch", "ort-fp32") else "int4"
-        if engine == "genai-int4":
-            graph_file = a.genai / "model.onnx"
-        elif engine == "ort-int4-traced":
-            graph_file = Bundle.load(traced_bundle(bundle), verify=False).variant_path("llm", "int4")
-        else:
-            graph_file = b.variant_path("llm", prec) if engine.count("-") < 2 else block_variant(bundle, engine)
-        per_tok = weight_bytes_per_token(graph_file)
-        row |= {"weight_mb_per_token": round(per_tok / 1e6, 3),
-                "bandwidth_limit_tok_s": round(bw[a.threads] / per_tok, 1),
-                "share_of_bandwidth_limit": round(row["tg_tok_s"] * per_tok / bw[a.threads], 3)}
+    for engine in engines:
+        rs = runs[engine]
+        row = rs[0] | {k: statistics.median(x[k] for x in rs) for k in ("pp_tok_s", "tg_tok_s")}
+        row |= {"tg_by_round": [round(x["tg_tok_s"], 1) for x in rs], "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+                "weight_mb_per_token": round(graph_bytes[engine] / 1e6, 3),
+                "share_of_bandwidth_limit": round(statistics.median(x["share_of_bandwidth_limit"] for x in rs), 3),
+                "share_by_round": [round(x["share_of_bandwidth_limit"], 3) for x in rs]}
         rows.append(row)
+    bw = {t: statistics.median(x[t] for x in bws) for t in bws[0]}
     by = {r["engine"]: r for r in rows}
     ratios = {}
     for e in [e for e in by if "int4" in e and "ort-fp32" in by]:
@@ -290,7 +313,9 @@ def main() -> None:
     if "ort-fp32" in by and "torch" in by:
         ratios["ort_fp32_vs_torch_tg"] = round(by["ort-fp32"]["tg_tok_s"] / by["torch"]["tg_tok_s"], 2)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": str(model), "pp": a.pp, "tg": a.tg,
-              "threads": a.threads, "copy_bandwidth_gb_s": {str(t): round(v / 1e9, 1) for t, v in bw.items()},
+              "threads": a.threads, "rounds": a.rounds,
+              "copy_bandwidth_gb_s": {str(t): round(v / 1e9, 1) for t, v in bw.items()},
+              "copy_bandwidth_gb_s_by_round": [round(x[a.threads] / 1e9, 1) for x in bws],
               "rows": rows, "ratios": ratios, "parity": parity,
               "graph": b.stage("llm")["variants"]["int4"]["provenance"].get("graph")}
     a.out.parent.mkdir(parents=True, exist_ok=True)
