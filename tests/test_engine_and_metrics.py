@@ -13,6 +13,10 @@ def test_cpu_session_reports_the_provider_it_really_uses(bundle_dir):
     assert e.describe()["provider"] == "CPUExecutionProvider"
     out = e.run(e.dummy_feeds(batch=2))
     assert out["anomaly_map"].shape == (2, 1, 128, 128)
+    # no memory plan kept per input shape (each held its own arena block: 410 vs 251 MB at batch 8)
+    assert e.session.get_session_options().enable_mem_pattern is False
+    planned = Engine(e.path, EngineOptions(device="cpu", threads=1, mem_pattern=True))
+    assert planned.session.get_session_options().enable_mem_pattern is True
 
 
 def test_asking_for_cuda_without_it_is_a_clear_error():
