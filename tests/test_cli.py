@@ -119,3 +119,14 @@ def test_calibrate_logs_quietly_and_on_a_terminal_only(bundle_dir, synth, tmp_pa
         assert "INFO" not in r.stderr and "\r" not in r.stderr
     r = lg("quantize", b, "--normal", synth, "--precision", "int8", "--calib-images", "4", "--every", "4")
     assert "INFO lineguard" in r.stderr  # a gate's pass or fail is an informational line, shown by default
+
+
+def test_serve_args_may_start_with_a_dash():
+    from lineguard.cli.main import build_parser, glue_values
+
+    argv = ["bench", "B", "--images", "D", "--rate", "5", "--serve-args", "--no-background-idle", "--json"]
+    a = build_parser().parse_args(glue_values(argv))
+    assert a.serve_args == "--no-background-idle" and a.json
+    a = build_parser().parse_args(glue_values(["bench", "B", "--images", "D", "--rate", "5", "--serve-args",
+                                               "--max-batch 4 --no-sam"]))
+    assert a.serve_args == "--max-batch 4 --no-sam"
