@@ -294,16 +294,18 @@ def main() -> None:
             row = json.loads(r.stdout.strip().splitlines()[-1])
             row["share_of_bandwidth_limit"] = row["tg_tok_s"] * graph_bytes[engine] / bw[a.threads]
             runs[engine].append(row)
+    bw = {t: statistics.median(x[t] for x in bws) for t in bws[0]}
     rows = []
     for engine in engines:
         rs = runs[engine]
         row = rs[0] | {k: statistics.median(x[k] for x in rs) for k in ("pp_tok_s", "tg_tok_s")}
+        row |= {k: [v for x in rs for v in x[k]] for k in ("pp_all", "tg_all")}  # every round's, not the first's
         row |= {"tg_by_round": [round(x["tg_tok_s"], 1) for x in rs], "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
                 "weight_mb_per_token": round(graph_bytes[engine] / 1e6, 3),
+                "bandwidth_limit_tok_s": round(bw[a.threads] / graph_bytes[engine], 1),
                 "share_of_bandwidth_limit": round(statistics.median(x["share_of_bandwidth_limit"] for x in rs), 3),
                 "share_by_round": [round(x["share_of_bandwidth_limit"], 3) for x in rs]}
         rows.append(row)
-    bw = {t: statistics.median(x[t] for x in bws) for t in bws[0]}
     by = {r["engine"]: r for r in rows}
     ratios = {}
     for e in [e for e in by if "int4" in e and "ort-fp32" in by]:

@@ -122,11 +122,11 @@ def test_calibrate_logs_quietly_and_on_a_terminal_only(bundle_dir, synth, tmp_pa
 
 
 def test_serve_args_may_start_with_a_dash():
-    from lineguard.cli.main import build_parser, glue_values
+    from lineguard.cli.main import build_parser
 
     argv = ["bench", "B", "--images", "D", "--rate", "5", "--serve-args", "--no-background-idle", "--json"]
-    a = build_parser().parse_args(glue_values(argv))
+    a = build_parser().parse_args(argv)
     assert a.serve_args == "--no-background-idle" and a.json
-    a = build_parser().parse_args(glue_values(["bench", "B", "--images", "D", "--rate", "5", "--serve-args",
-                                               "--max-batch 4 --no-sam"]))
+    a = build_parser().parse_args(["bench", "B", "--images", "D", "--rate", "5", "--serve-args",
+                                   "--max-batch 4 --no-sam"])
     assert a.serve_args == "--max-batch 4 --no-sam"

@@ -54,26 +54,8 @@ def build_parser() -> Parser:
     return ap
 
 
-GLUED = ("--serve-args",)  # options whose value is itself a command line
-
-
-def glue_values(argv: Sequence[str]) -> list[str]:
-    """``--serve-args --no-sam`` → ``--serve-args=--no-sam``: argparse would take a value that
-    starts with a dash for an option of its own and refuse the line."""
-    out, args = [], list(argv)
-    i = 0
-    while i < len(args):
-        if args[i] in GLUED and i + 1 < len(args) and args[i + 1].startswith("-"):
-            out.append(f"{args[i]}={args[i + 1]}")
-            i += 2
-            continue
-        out.append(args[i])
-        i += 1
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(glue_values(sys.argv[1:] if argv is None else argv))
+    a = build_parser().parse_args(argv)
     logs.setup(a.verbose, a.quiet, a.log_format)
     try:
         return a.run(a)

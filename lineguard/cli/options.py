@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,28 @@ from lineguard.runtime.errors import LineguardError
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
 
+GLUED = ("--serve-args",)  # options whose value is itself a command line
+
+
+def glue_values(argv: Sequence[str]) -> list[str]:
+    """``--serve-args --no-sam`` → ``--serve-args=--no-sam``: argparse would take a value that
+    starts with a dash for an option of its own and refuse the line."""
+    out, args = [], list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] in GLUED and i + 1 < len(args) and args[i + 1].startswith("-"):
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 class Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        return super().parse_known_args(glue_values(sys.argv[1:] if args is None else args), namespace)
+
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         sys.exit(2)

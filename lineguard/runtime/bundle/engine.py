@@ -69,6 +69,7 @@ class EngineOptions:
     threads: int = 0
     spinning: bool = False  # spinning threads steal cores from the other stages' sessions
     warmup: int = 1
+    warmup_batch: int = 1  # symbolic dimensions of the warm-up's zeros (the station: its largest batch)
     # ONNX Runtime's memory pattern keeps a plan (and its arena block) per set of input shapes: the
     # default expert's session held 410 MB after two batches of 8 with it, 251 MB without, at the
     # same speed (and an LLM's cache grows a step a token: a new shape every step)
@@ -133,7 +134,7 @@ class Engine:
         log.debug("%s: provider %s (asked %s), loaded in %.2fs", self.path.name, self.provider,
                   [p if isinstance(p, str) else p[0] for p in providers], self.load_seconds)
         for _ in range(self.opts.warmup):
-            self.run(self.dummy_feeds())
+            self.run(self.dummy_feeds(self.opts.warmup_batch))
 
     def dummy_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zeros of every input's shape, symbolic dimensions set to ``batch``."""

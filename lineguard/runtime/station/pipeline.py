@@ -319,7 +319,7 @@ class Pipeline:
         if first is STOP:
             return [], True
         batch = [first]
-        end = time.monotonic() + (self.cfg.max_wait_ms / 1e3 if wait else 0.0)
+        end = time.monotonic() + self.cfg.max_wait_ms / 1e3
         while len(batch) < self.cfg.max_batch:
             try:
                 nxt = self.q_expert.get(timeout=max(0.0, end - time.monotonic())) if wait \
@@ -460,16 +460,14 @@ def expert_sessions(bundle: Bundle, cfg: ServeConfig, opts: EngineOptions, pool:
                 for _ in range(n)]
     cores = os.cpu_count() or 1
     want = cfg.expert_workers or min(4, cores)
+    # warmed up at the largest batch: its memory (and a GPU's engine for it) taken at start, not in
+    # steps at the first bursts of a shift (the soak's RSS grew 7 % that way)
+    opts = replace(opts, warmup_batch=cfg.max_batch)
     per = max(1, (opts.threads or cores) // want)  # the threads asked for (or the cores), split
     first = Expert(bundle, cfg.precision, replace(opts, threads=per if want > 1 else opts.threads))
     if first.engine.provider != "CPUExecutionProvider" and not cfg.expert_workers:
-        experts = [first]  # a GPU runs one session's batches; more would only contend for it
-    else:
-        experts = [first] + [Expert(bundle, cfg.precision, replace(opts, threads=per)) for _ in range(want - 1)]
-    for ex in experts:  # the largest batch once now: its memory (and a GPU's engine for it) taken at
-        # start, not in steps at the first bursts of a shift (the soak's RSS grew 7 % that way)
-        ex.engine.run(ex.engine.dummy_feeds(cfg.max_batch))
-    return experts
+        return [first]  # a GPU runs one session's batches; more would only contend for it
+    return [first] + [Expert(bundle, cfg.precision, replace(opts, threads=per)) for _ in range(want - 1)]
 
 
 def remote_models(bundle: Bundle, cfg: ServeConfig) -> dict[str, str]:
